@@ -1,0 +1,104 @@
+"""One source of settings: config.json, then environment variables, then --config.
+
+Keys kept from the reference: api_key, base_url, embedding_model, embedding_api_key, embedding_base_url.
+Extra keys: prices (USD per million input/output tokens per model), timeout, max_attempts,
+retry_base, local_n_ctx, local_max_tokens, cache_dir, structured_output.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from .errors import ConfigError
+
+PLACEHOLDER_PREFIXES = ("YOUR_", "<", "sk-xxx", "sk-...")
+LOCAL_MODEL = "local"
+
+
+@dataclasses.dataclass
+class Settings:
+    api_key: str = ""
+    base_url: str = ""
+    embedding_model: str = ""
+    embedding_api_key: str = ""
+    embedding_base_url: str = ""
+    prices: dict = dataclasses.field(default_factory=dict)
+    timeout: float = 180.0
+    max_attempts: int = 6          # transient-failure attempts per call (first try included)
+    retry_base: float = 1.0        # backoff base in seconds (doubles each attempt, jittered, capped)
+    retry_cap: float = 60.0
+    local_n_ctx: int = 8192
+    local_max_tokens: int = 512    # the embedded model is tiny; long generations only ramble
+    cache_dir: str = ".cache"
+    structured_output: str = "auto"  # auto | on | off: send JSON schemas to remote endpoints
+    source: str = ""                 # which config file was read (for the run record)
+
+    def has_remote_key(self) -> bool:
+        return bool(self.api_key) and not self.api_key.startswith(PLACEHOLDER_PREFIXES)
+
+    def public(self) -> dict:
+        """The effective configuration without secrets, for run records."""
+        d = dataclasses.asdict(self)
+        for k in ("api_key", "embedding_api_key"):
+            d[k] = "(set)" if d[k] and not str(d[k]).startswith(PLACEHOLDER_PREFIXES) else "(unset)"
+        return d
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def load_settings(config_path: str | None = None) -> Settings:
+    """Read config.json (or --config PATH), apply OPENAI_*/COSER_* environment overrides."""
+    explicit = config_path is not None
+    path = config_path or "config.json"
+    data: dict[str, Any] = {}
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not valid UTF-8") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object of settings")
+    elif explicit:
+        raise ConfigError(f"{path}: config file not found")
+    s = Settings(source=os.path.abspath(path) if os.path.exists(path) else "")
+    for key, value in data.items():
+        if key not in _FIELDS or key == "source":
+            continue  # unknown keys are tolerated: config files are shared with other tools
+        want = _FIELDS[key].type
+        if want in ("float", "int"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{path}: setting '{key}' should be a number, got {json.dumps(value)[:40]}")
+        elif want == "str" and not isinstance(value, str):
+            raise ConfigError(f"{path}: setting '{key}' should be a string")
+        elif want == "dict" and not isinstance(value, dict):
+            raise ConfigError(f"{path}: setting '{key}' should be an object")
+        setattr(s, key, int(value) if want == "int" else float(value) if want == "float" else value)
+    env = os.environ
+    if env.get("OPENAI_API_KEY"):
+        s.api_key = env["OPENAI_API_KEY"]
+    if env.get("OPENAI_BASE_URL"):
+        s.base_url = env["OPENAI_BASE_URL"]
+    if env.get("COSER_CACHE_DIR"):
+        s.cache_dir = env["COSER_CACHE_DIR"]
+    if env.get("COSER_RETRY_BASE"):
+        s.retry_base = float(env["COSER_RETRY_BASE"])
+    if env.get("COSER_TIMEOUT"):
+        s.timeout = float(env["COSER_TIMEOUT"])
+    _check_prices(s.prices, path)
+    return s
+
+
+def _check_prices(prices: dict, path: str) -> None:
+    for model, p in prices.items():
+        if not isinstance(p, dict) or not all(isinstance(p.get(k), (int, float)) for k in ("input", "output")):
+            raise ConfigError(f"{path}: prices['{model}'] needs numeric 'input' and 'output' (USD per 1M tokens)")
+
+
+def is_local(model: str | None) -> bool:
+    return (model or LOCAL_MODEL) == LOCAL_MODEL

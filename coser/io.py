@@ -1,0 +1,99 @@
+"""File I/O with atomic writes and input errors that name the file, line and field."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Iterator
+
+from .errors import InputError
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write via a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path)[-40:], dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_json(path: str, obj: Any, indent: int | None = 2) -> None:
+    """JSON as the reference writes it (indent 2, ensure_ascii=False), atomically."""
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=indent))
+
+
+def read_text(path: str, what: str = "file") -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: expected a {what}, found a directory") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read {what} ({e.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}: line {line}: not valid UTF-8 (byte offset {e.start})") from None
+
+
+def read_json(path: str, what: str = "JSON file") -> Any:
+    text = read_text(path, what)
+    if not text.strip():
+        raise InputError(f"{path}: {what} is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def iter_jsonl(path: str, what: str = "JSONL file") -> Iterator[tuple[int, Any | InputError]]:
+    """Yield (line number, object) for each non-blank line; a bad line yields an InputError value.
+
+    Bad lines are yielded rather than raised so a caller can skip one book and keep the rest.
+    """
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read {what} ({e.strerror})") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, InputError(f"{path}: line {lineno}: not valid UTF-8 (byte {e.start})")
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield lineno, InputError(f"{path}: line {lineno}: not valid JSON ({e.msg} at column {e.colno})")
+
+
+def require(obj: Any, key: str, where: str, kind: type | tuple | None = None) -> Any:
+    """obj[key] or an InputError naming where and the field."""
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if key not in obj:
+        raise InputError(f"{where}: missing field '{key}'")
+    value = obj[key]
+    if kind is not None and not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise InputError(f"{where}: field '{key}' should be {names}, got {type(value).__name__}")
+    return value

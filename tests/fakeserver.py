@@ -1,0 +1,230 @@
+"""A fake OpenAI-compatible server for tests and benchmarks (stdlib only, 127.0.0.1, ephemeral port).
+
+It scripts replies per request, injects faults (HTTP errors with Retry-After, hangs, malformed or
+cut bodies, dropped connections), records every request body it receives (the Authorization
+header is never recorded), and counts the maximum number of requests in flight.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+
+class Fault:
+    """A scripted misbehaviour instead of a normal reply."""
+
+    def __init__(self, kind: str, status: int = 200, retry_after: float | None = None, seconds: float = 0.0,
+                 body: str | None = None):
+        self.kind, self.status, self.retry_after, self.seconds, self.body = kind, status, retry_after, seconds, body
+
+    @classmethod
+    def http(cls, status: int, retry_after: float | None = None, message: str = "injected fault") -> "Fault":
+        return cls("http", status=status, retry_after=retry_after, body=message)
+
+    @classmethod
+    def hang(cls, seconds: float) -> "Fault":
+        return cls("hang", seconds=seconds)
+
+    @classmethod
+    def malformed(cls) -> "Fault":
+        return cls("malformed")
+
+    @classmethod
+    def truncated_body(cls) -> "Fault":
+        return cls("truncated_body")
+
+    @classmethod
+    def drop(cls) -> "Fault":
+        return cls("drop")
+
+    def __repr__(self) -> str:
+        return f"Fault({self.kind}, {self.status})"
+
+
+Reply = "str | Fault"
+
+
+def _completion(model: str, content: str) -> dict:
+    return {
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": max(1, len(content.split())), "total_tokens": 10},
+    }
+
+
+class FakeServer:
+    def __init__(self, responder: Callable[[dict], Any] | None = None, latency: float = 0.0):
+        self.responder = responder or (lambda body: "ok")
+        self.latency = latency
+        self.requests: list[dict] = []
+        self.auth_seen: list[bool] = []
+        self._queue: list = []
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- scripting ----------------------------------------------------------------------------
+    def set_responder(self, fn: Callable[[dict], Any]) -> None:
+        self.responder = fn
+
+    def queue(self, *replies) -> None:
+        with self._lock:
+            self._queue.extend(replies)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self._queue.clear()
+            self.max_in_flight = 0
+
+    def chat_requests(self) -> list[dict]:
+        return [r for r in self.requests if r.get("_path", "").endswith("/chat/completions")]
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> "FakeServer":
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):  # keep test output clean
+                pass
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw or b"{}")
+                except json.JSONDecodeError:
+                    body = {"_unparseable": raw.decode("utf-8", "replace")}
+                body["_path"] = self.path
+                with server._lock:
+                    server.requests.append(body)
+                    server.auth_seen.append(bool(self.headers.get("Authorization")))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    reply = server._queue.pop(0) if server._queue else None
+                try:
+                    if server.latency:
+                        time.sleep(server.latency)
+                    if self.path.endswith("/embeddings"):
+                        return self._send(200, _embeddings(body))
+                    if reply is None:
+                        reply = server.responder(body)
+                    self._reply(body, reply)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _reply(self, body: dict, reply):
+                if isinstance(reply, Fault):
+                    if reply.kind == "http":
+                        headers = {"Retry-After": str(reply.retry_after)} if reply.retry_after is not None else {}
+                        return self._send(reply.status, {"error": {"message": reply.body, "type": "fake"}}, headers)
+                    if reply.kind == "hang":
+                        time.sleep(reply.seconds)
+                        return self._send(200, _completion(body.get("model", ""), "late"))
+                    if reply.kind == "malformed":
+                        return self._raw(200, b"this is not json {")
+                    if reply.kind == "truncated_body":
+                        full = json.dumps(_completion(body.get("model", ""), "cut")).encode()
+                        return self._raw(200, full[: len(full) // 2])
+                    if reply.kind == "drop":
+                        self.close_connection = True
+                        try:
+                            self.connection.shutdown(2)
+                        except OSError:
+                            pass
+                        return
+                content = reply if isinstance(reply, str) else json.dumps(reply)
+                if body.get("stream"):
+                    return self._stream(body.get("model", ""), content)
+                self._send(200, _completion(body.get("model", ""), content))
+
+            def _send(self, status: int, obj: dict, headers: dict | None = None):
+                self._raw(status, json.dumps(obj).encode(), headers)
+
+            def _raw(self, status: int, data: bytes, headers: dict | None = None):
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _stream(self, model: str, content: str):
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    words = content.split(" ")
+                    for i, w in enumerate(words):
+                        piece = w if i == 0 else " " + w
+                        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": model,
+                                 "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.close_connection = True
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def stop(self) -> None:
+        if self._httpd:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def _embeddings(body: dict) -> dict:
+    """Deterministic bag-of-words hash vectors, so retrieval tests have meaningful similarity."""
+    inputs = body.get("input")
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    data = []
+    for i, text in enumerate(inputs or []):
+        vec = [0.0] * 64
+        for word in str(text).lower().split():
+            h = int(hashlib.md5(word.encode()).hexdigest(), 16)
+            vec[h % 64] += 1.0
+        norm = sum(v * v for v in vec) ** 0.5 or 1.0
+        data.append({"object": "embedding", "index": i, "embedding": [v / norm for v in vec]})
+    return {"object": "list", "data": data, "model": body.get("model", ""), "usage": {"prompt_tokens": 1, "total_tokens": 1}}
+
+
+def last_user_text(body: dict) -> str:
+    msgs = body.get("messages") or []
+    return msgs[-1]["content"] if msgs else ""
+
+
+def system_text(body: dict) -> str:
+    msgs = body.get("messages") or []
+    return msgs[0]["content"] if msgs and msgs[0].get("role") == "system" else ""
