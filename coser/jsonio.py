@@ -97,16 +97,25 @@ def parse_json(text: str | None) -> Any:
             except (json.JSONDecodeError, RecursionError):
                 pass
     src = _escape_raw_newlines(candidates[0])
-    if "{" not in src and "[" not in src:
+    starts = [k for k in (src.find("{"), src.find("[")) if k != -1]
+    if not starts:
         return None
+    first = min(starts)
     try:
-        import json_repair
+        json.JSONDecoder().raw_decode(src, first)
+        first_ok = True
+    except (json.JSONDecodeError, RecursionError):
+        first_ok = False
+    if not first_ok:
+        # The main object is broken (typically cut off): close it rather than keep a fragment of it.
+        try:
+            import json_repair
 
-        value = json_repair.repair_json(src, return_objects=True)
-        if isinstance(value, (dict, list)) and value:
-            return value
-    except Exception:
-        pass
+            value = json_repair.repair_json(src[first:], return_objects=True)
+            if isinstance(value, (dict, list)) and value:
+                return value
+        except Exception:
+            pass
     value = _longest_decodable(src)
     return value or None
 

@@ -4,6 +4,7 @@ because a llama.cpp context is not safe to share between threads.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -106,6 +107,18 @@ def complete(messages: list[dict], max_tokens: int, temperature: float, seed: in
                 return text, prompt_tokens, len(model.tokenize(text.encode("utf-8"), add_bos=False)) if text else 0
         except ValueError as e:
             raise LLMPermanentError(f"model 'local': {e}") from None
+
+
+@atexit.register
+def _close() -> None:
+    """Free the model before interpreter teardown (llama-cpp's destructor fails once modules are gone)."""
+    global _model
+    if _model is not None:
+        try:
+            _model.close()
+        except Exception:
+            pass
+        _model = None
 
 
 def _flatten(messages: list[dict]) -> str:
