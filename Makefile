@@ -6,10 +6,10 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
-DEMO    ?= exp/demo
+
 MODEL   ?= local
 
-.PHONY: venv test demo clean-demo
+.PHONY: venv test demo
 
 venv: $(STAMP)
 
@@ -23,7 +23,5 @@ test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 demo: venv
-	$(BIN)/python -m coser.demo --model $(MODEL) --workdir $(DEMO)
+	$(BIN)/python -m coser.demo --model $(MODEL)
 
-clean-demo:
-	rm -rf $(DEMO)

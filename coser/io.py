@@ -8,6 +8,9 @@ from typing import Any, Iterator
 
 from .errors import InputError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write_text(path: str, text: str) -> None:
     """Write via a temp file in the same folder, fsync, then rename: readers never see half a file."""
@@ -19,6 +22,7 @@ def atomic_write_text(path: str, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         try:
