@@ -182,6 +182,7 @@ class FakeServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
+        ThreadingHTTPServer.request_queue_size = 128  # bursts of concurrent workers must not stall in accept()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
