@@ -30,7 +30,7 @@ class Settings:
     retry_base: float = 1.0        # backoff base in seconds (doubles each attempt, jittered, capped)
     retry_cap: float = 60.0
     local_n_ctx: int = 8192
-    local_max_tokens: int = 512    # the embedded model is tiny; long generations only ramble
+    local_max_tokens: int = 1024   # the embedded model is tiny; long generations only ramble
     cache_dir: str = ".cache"
     structured_output: str = "auto"  # auto | on | off: send JSON schemas to remote endpoints
     source: str = ""                 # which config file was read (for the run record)

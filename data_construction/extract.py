@@ -15,6 +15,7 @@ import re
 import sys
 
 from coser.io import atomic_write_json
+from coser.config import is_local
 from coser.jsonio import JsonFailure, get_json
 
 from . import chunking
@@ -299,6 +300,48 @@ def _fresh_state(fp: str) -> dict:
             "extraction_notes": []}
 
 
+_NAME = re.compile(r"(?<![.!?\"'\u201c]\s)(?<!^)\b([A-Z][a-z]+(?: [A-Z][a-z]+)?)\b")
+_NOT_NAMES = {"The", "A", "An", "And", "But", "Or", "If", "He", "She", "It", "I", "We", "They", "You", "His", "Her",
+              "Their", "Our", "My", "Your", "This", "That", "There", "Then", "When", "What", "Who", "Why", "How",
+              "Chapter", "Mr", "Mrs", "Miss", "Sir", "Lord", "Lady", "Yes", "No", "Not", "So", "Oh", "Well"}
+
+
+def candidate_names(text: str, limit: int = 8) -> list[str]:
+    """Capitalized words seen at least twice away from a sentence start: likely character names."""
+    counts: dict[str, int] = {}
+    for m in _NAME.finditer(text):
+        name = m.group(1)
+        if name.split()[0] in _NOT_NAMES:
+            continue
+        counts[name] = counts.get(name, 0) + 1
+    ranked = sorted((n for n, c in counts.items() if c >= 2), key=lambda n: (-counts[n], n))
+    return ranked[:limit]
+
+
+def local_schema(chunk_text: str) -> dict:
+    """A tighter extraction schema for the embedded model.
+
+    SmolLM2-135M invents placeholder names and rambles past its token budget; bounded lists and
+    names drawn from the chunk keep its grammar-constrained output short, complete and usable.
+    Remote models get the open schema, as in the reference.
+    """
+    schema = copy.deepcopy(EXTRACTION_SCHEMA)
+    names = candidate_names(chunk_text)
+    plot = schema["properties"]["plots"]["items"]
+    schema["properties"]["plots"].update(minItems=1, maxItems=2)
+    schema["properties"]["chapter_beginnings"]["maxItems"] = 1
+    plot["properties"]["key_characters"].update(minItems=1, maxItems=3)
+    conv = plot["properties"]["conversation"]
+    conv.update(minItems=1, maxItems=1)
+    conv["items"]["properties"]["key_characters"].update(minItems=1, maxItems=3)
+    conv["items"]["properties"]["dialogues"].update(minItems=4, maxItems=8)
+    if names:
+        plot["properties"]["key_characters"]["items"]["properties"]["name"] = {"enum": names}
+        conv["items"]["properties"]["key_characters"]["items"]["properties"]["name"] = {"enum": names}
+        conv["items"]["properties"]["dialogues"]["items"]["properties"]["character"] = {"enum": names + ["Environment"]}
+    return schema
+
+
 def _load_state(path: str, fp: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
@@ -337,7 +380,8 @@ def extract_book(llm, book: dict, chunks: list[str], out_dir: str, model: str, o
             return parse_response(value, _chunk, _notes)
 
         out = get_json(llm, model, [{"role": "user", "content": prompt}], validate=validate,
-                       schema=EXTRACTION_SCHEMA, repair="truncated", repair_model=model,
+                       schema=local_schema(chunk_text) if is_local(model) else EXTRACTION_SCHEMA,
+                       repair="truncated", repair_model=model,
                        copyright_retry=True, stage="extract")
         if isinstance(out, JsonFailure):
             # Reference re-created this list per chunk and so kept only the last failure.

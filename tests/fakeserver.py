@@ -56,6 +56,11 @@ def _completion(model: str, content: str) -> dict:
     }
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # bursts of concurrent workers must not stall in accept()
+    daemon_threads = True
+
+
 class FakeServer:
     def __init__(self, responder: Callable[[dict], Any] | None = None, latency: float = 0.0):
         self.responder = responder or (lambda body: "ok")
@@ -182,8 +187,7 @@ class FakeServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        ThreadingHTTPServer.request_queue_size = 128  # bursts of concurrent workers must not stall in accept()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
