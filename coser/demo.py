@@ -35,13 +35,15 @@ def main(argv=None) -> int:
     ap.add_argument("--data_dir", default="data")
     ap.add_argument("--chunk_size", type=int, default=1024,
                     help="small chunks keep prompts inside the embedded model's context")
+    ap.add_argument("--limit_chunks", type=int, default=3, help="chunks of the book to extract (the embedded model is slow)")
     ap.add_argument("--limit", type=int, default=2, help="GCA samples to simulate and judge")
     ap.add_argument("--num_workers", type=int, default=2)
     a = ap.parse_args(argv)
     m = a.model
     t0 = time.time()
     _run(["data_construction/main.py", "--input", a.input, "--output_dir", a.data_dir, "--model", m,
-          "--candidate_model", m, "--chunk_size", str(a.chunk_size), "--num_workers", str(a.num_workers)])
+          "--candidate_model", m, "--chunk_size", str(a.chunk_size), "--limit_chunks", str(a.limit_chunks),
+          "--num_workers", str(a.num_workers)])
     _run(["data_construction/transform.py", "--dir", a.data_dir])
     test_file = os.path.join(a.data_dir, "test", "test_set.json")
     with open(os.path.join(REPO, test_file), encoding="utf-8") as f:

@@ -2,7 +2,7 @@
 
 get_json() returns the validated value or an explicit JsonFailure carrying the raw text; it
 never loops forever and never raises for bad JSON (only for permanent endpoint errors and
-the budget stop, which a run must see).
+the budget stop and an endpoint outage past the retry bound, which a run must see).
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import re
 from string import Template
 from typing import Any, Callable
 
-from .errors import LLMUnavailable
 
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
@@ -142,10 +141,9 @@ def get_json(llm, model: str, messages, validate: Callable[[Any], Any] | None = 
     attempts = 0
     while nth <= max_retry:
         attempts += 1
-        try:
-            raw = llm.chat(model, current, nth_generation=nth, schema=schema, max_tokens=max_tokens, stage=stage)
-        except LLMUnavailable as e:
-            return JsonFailure(raw=longest, reason=str(e), attempts=attempts)
+        # An outage (LLMUnavailable after the client's bounded retries) propagates: it is not a parse
+        # failure, and recording it as one would let a rerun skip work that never happened.
+        raw = llm.chat(model, current, nth_generation=nth, schema=schema, max_tokens=max_tokens, stage=stage)
         current = base  # undo a previous copyright workaround
         if copyright_retry and len(base) == 1 and is_copyright_refusal(raw):
             current = base + [{"role": "assistant", "content": COPYRIGHT_OFFER},
@@ -158,12 +156,9 @@ def get_json(llm, model: str, messages, validate: Callable[[Any], Any] | None = 
         value = parse_json(raw)
         if value is None and raw and repair:
             tmpl = REPAIR_TRUNCATED if repair == "truncated" else REPAIR_QUOTES
-            try:
-                fixed = llm.chat(repair_model or model, tmpl.substitute(text=raw), nth_generation=0, schema=schema,
-                                 max_tokens=max_tokens, stage=f"{stage}-repair")
-                value = parse_json(fixed)
-            except LLMUnavailable as e:
-                reason = str(e)
+            fixed = llm.chat(repair_model or model, tmpl.substitute(text=raw), nth_generation=0, schema=schema,
+                             max_tokens=max_tokens, stage=f"{stage}-repair")
+            value = parse_json(fixed)
         if value is None:
             reason = "reply is not JSON" if raw else "empty reply"
         else:

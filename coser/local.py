@@ -63,7 +63,10 @@ def _load(n_ctx: int):
     except ImportError:
         raise ConfigError("llama-cpp-python is not installed: run `make venv` (or use a remote --model)") from None
     path = gguf_path()
-    threads = max(1, min(4, os.cpu_count() or 1))
+    # One thread by default: llama.cpp's threads spin at a barrier every token, and on a busy machine
+    # (a test run, other jobs) a descheduled sibling made 2 threads 10-50x slower than 1 (measured here).
+    # COSER_LOCAL_THREADS raises it on a dedicated machine.
+    threads = int(os.environ.get("COSER_LOCAL_THREADS") or 1)
     with _quiet_stderr():
         _model = Llama(model_path=path, n_ctx=n_ctx, n_threads=threads, verbose=False, seed=0)
     _model_ctx = n_ctx

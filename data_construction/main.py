@@ -194,6 +194,8 @@ def main(argv=None) -> int:
         for t in missing:
             errors.append(f"--books: no book titled {t!r} in {args.input}")
             print(f"error: {errors[-1]}", file=sys.stderr)
+    if not books:
+        raise InputError(f"{args.input}: no usable book")
     if args.dry_run:
         try:
             dry_run(books, args)
@@ -201,8 +203,6 @@ def main(argv=None) -> int:
             errors.append(str(e))
             print(f"error: {e}", file=sys.stderr)
         return 2 if errors else 0
-    if not books:
-        raise InputError(f"{args.input}: no usable book")
     llm = cli.setup(args)
     from coser.pool import map_ordered
 

@@ -427,6 +427,10 @@ def transform(data_dir: str, seed: int = DEFAULT_SEED, test_per_split: int = 100
         report["books"].append((book, split, len(samples) if split == "id" else 0, n_plots,
                                 split_index, n_held, len(stats.skipped)))
         report["skipped_conversations"] += len(stats.skipped)
+    if not report["books"]:
+        # Writing empty outputs would look like success; nothing usable is an error.
+        raise InputError(f"{final_dir}: no usable final book file ({report['skipped_books']} skipped, "
+                         "see the warnings above)")
     rng.shuffle(train)
     # LLaMA-Factory skips a ShareGPT sample with an odd number of turns after the system one, i.e.
     # one that ends with a human turn (most character samples do, as in the reference). That turn

@@ -3,6 +3,8 @@ import json
 
 import pytest
 
+from coser.errors import LLMUnavailable
+
 from coser.jsonio import COPYRIGHT_ACCEPT, JsonFailure, get_json, parse_json
 from tests.fakeserver import Fault
 
@@ -50,11 +52,13 @@ def test_validator_exceptions_reject(fake_server, make_llm):
     assert out == 2
 
 
-def test_endpoint_down_is_a_failure_record_not_a_hang(fake_server, make_llm):
+def test_endpoint_down_stops_instead_of_hanging_or_faking_a_parse_failure(fake_server, make_llm):
     llm = make_llm(max_attempts=2)
     fake_server.set_responder(lambda body: Fault.http(503))
-    out = get_json(llm, "gpt-4o", "q")
-    assert isinstance(out, JsonFailure) and "gave up" in out.reason
+    with pytest.raises(LLMUnavailable) as e:
+        get_json(llm, "gpt-4o", "q")
+    assert "gave up after 2 attempts" in str(e.value)
+    assert len(fake_server.chat_requests()) == 2
 
 
 def test_copyright_refusal_workaround(fake_server, make_llm):

@@ -1,0 +1,1 @@
+"""Given-Circumstance Acting evaluation: multi-agent simulation of held-out scenes, then judging."""

@@ -1,0 +1,203 @@
+"""Judging one simulated scene (METHOD 4.7): a critic call per dimension, flaw severities -> scores.
+
+A dimension whose judgment never parses or validates marks the whole case as failed: the case
+keeps the raw reply and the reason, and is left out of every average (never a guessed score).
+"""
+from __future__ import annotations
+
+import os
+
+from coser.errors import InputError, LLMUnavailable
+from coser.jsonio import JsonFailure, get_json
+from coser.prompts import ENVIRONMENT, NSP
+from coser.text import remove_inner_thoughts
+
+from . import prompts as P
+
+DIMENSIONS = P.DIMENSIONS
+
+
+def case_messages(record: dict) -> tuple[list[dict], list[dict]]:
+    """(simulation without NSP turns, reference dialogue), thoughts removed except for Environment."""
+    sim = [{"role": m["role"], "content": m["content"] if m["role"] == ENVIRONMENT
+            else remove_inner_thoughts(m["content"], eval_mode=True)}
+           for m in record["simulation"] if m["role"] != NSP]
+    ref = [{"character": u["character"], "message": u["message"] if u["character"] == ENVIRONMENT
+            else remove_inner_thoughts(u["message"], eval_mode=True)}
+           for u in record["circumstance"]["dialogues"]]
+    return sim, ref
+
+
+def simulation_str(sim: list[dict]) -> str:
+    from coser.metrics import simulation_string
+
+    return simulation_string(sim)
+
+
+def reference_str(ref: list[dict]) -> str:
+    from coser.metrics import reference_string
+
+    return reference_string(ref)
+
+
+def make_validator(dimension: str):
+    """Accept {dim: {"flaws": [...]}} with keys among the four dimensions and the asked one present."""
+    def validate(value):
+        if not isinstance(value, dict) or not value:
+            return None
+        for key, res in value.items():
+            if key not in DIMENSIONS or not isinstance(res, dict) or "flaws" not in res:
+                return None
+        res = value.get(dimension)
+        # The reference accepted a reply keyed by another dimension, then crashed on the lookup.
+        if res is None or not isinstance(res["flaws"], list):
+            return None
+        for flaw in res["flaws"]:
+            if isinstance(flaw, dict) and flaw.get("severity") is None:
+                flaw["severity"] = 1
+        return value
+    return validate
+
+
+class _SeeOutage:
+    """Passes calls through, remembering an endpoint outage that get_json would turn into a parse failure."""
+
+    def __init__(self, llm):
+        self.llm, self.outage = llm, None
+
+    def chat(self, *args, **kw):
+        try:
+            return self.llm.chat(*args, **kw)
+        except LLMUnavailable as e:
+            self.outage = e
+            raise
+
+
+def judge_case(llm, record: dict, judge_model: str, continue_from: int = 0, stage: str = "judge") -> dict:
+    """Evaluate one simulation record; returns the case entry of the evaluation file."""
+    from coser import metrics
+
+    circ = record["circumstance"]
+    key = f"{record['book_title']}-{record['i_p']}-{record['i_c']}"
+    if record["i_p"] != circ["plot"].get("i_p", record["i_p"]) or record["i_c"] != circ.get("i_c"):
+        raise InputError(f"simulation record {key}: i_p/i_c do not match its circumstance")
+    sim, ref = case_messages(record)
+    sim_str, ref_str = simulation_str(sim), reference_str(ref)
+    profiles = "\n\n".join(f"### {name}\n\n{profile}"
+                           for name, profile in record["involved_character_profiles"].items())
+    extra = P.CONTINUE_FROM_NOTE.substitute(n=continue_from) if continue_from > 0 else ""
+    actor_rounds = sum(1 for m in sim if m["role"] != ENVIRONMENT)
+
+    critique: dict = {}
+    failures = []
+    for dim in DIMENSIONS:
+        system = P.judge_prompt(dim, book=record["book_title"], plot_summary=circ["plot"].get("summary", ""),
+                                scenario=circ.get("scenario", ""), character_profiles=profiles,
+                                original_conversation=ref_str, major_characters=circ.get("major_characters", []),
+                                additional_instructions=extra)
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": sim_str}]
+        guard = _SeeOutage(llm)
+        got = get_json(guard, judge_model, messages, validate=make_validator(dim), schema=P.judge_schema(dim),
+                       stage=stage, repair="quotes")
+        if guard.outage is not None:
+            # A dead endpoint is not a verdict on the sample: stop the run (finished samples are
+            # checkpointed) instead of recording failures that a rerun would reuse.
+            raise guard.outage
+        if isinstance(got, JsonFailure):
+            failures.append({"dimension": dim, **got.to_record()})
+            critique[dim] = {"flaws": None, "score": None}
+            break  # the case is excluded anyway: judging the other dimensions would only cost calls
+        flaws = got[dim]["flaws"]
+        critique[dim] = {"flaws": flaws, "score": metrics.dimension_score(flaws, actor_rounds)}
+
+    scores = metrics.bleu_rouge(reference_str(ref[continue_from:]), simulation_str(sim[continue_from:]))
+    critique.update(scores)
+    case = {"simulation": sim, "simulation_str": sim_str, "critique": critique}
+    if failures:
+        case["score"] = None
+        case["failed"] = True
+        case["failures"] = failures
+    else:
+        case["score"] = sum(critique[d]["score"] for d in DIMENSIONS) / len(DIMENSIONS)
+    # Keep the reference's key order: simulation, simulation_str, score, critique.
+    order = ["simulation", "simulation_str", "score", "critique", "failed", "failures"]
+    return {k: case[k] for k in order if k in case}
+
+
+def aggregate(cases: dict) -> tuple[dict, int, int]:
+    """(scores over the judged cases, number judged, number failed); failed cases are excluded."""
+    from coser import metrics
+
+    scores = metrics.aggregate(cases)
+    return scores, scores["n"], scores["failed"]
+
+
+# ---- end-of-run summary -------------------------------------------------------------------
+_COLUMNS = DIMENSIONS + ["avg", "bleu", "rouge_l"]
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4f}" if abs(x) < 1 else f"{x:.2f}"
+
+
+def per_sample(evaluation: dict, column: str) -> dict:
+    """Case key -> value of one column, over judged cases only."""
+    out = {}
+    for key, case in evaluation["cases"].items():
+        if case.get("failed"):
+            continue
+        crit = case.get("critique") or {}
+        if column == "avg":
+            out[key] = case.get("score")
+        elif column in DIMENSIONS:
+            out[key] = (crit.get(column) or {}).get("score")
+        else:
+            out[key] = crit.get(column)
+    return {k: v for k, v in out.items() if isinstance(v, (int, float))}
+
+
+def summary(results: list[tuple[str, dict]], judge_model: str, usage=None) -> str:
+    """Scores per run; with several runs also mean +- std over runs and a bootstrap 95% CI over samples."""
+    from coser import metrics
+
+    lines = [f"GCA evaluation (judge: {judge_model}; judges are never mixed: scores are only comparable "
+             "under the same judge)"]
+    head = ["run"] + _COLUMNS + ["n", "failed"]
+    rows = []
+    for path, ev in results:
+        judged = [c for c in ev["cases"].values() if not c.get("failed")]
+        rows.append([os.path.basename(path)] + [_fmt(ev["scores"].get(c) if judged else None) for c in _COLUMNS]
+                    + [str(len(judged)), str(len(ev["cases"]) - len(judged))])
+    if len(results) > 1:
+        ms, ci = ["mean +- std"], ["95% CI (bootstrap)"]
+        for col in _COLUMNS:
+            vals = [ev["scores"].get(col) for _, ev in results if ev["scores"].get(col) is not None]
+            if vals:
+                mean = sum(vals) / len(vals)
+                std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+                ms.append(f"{_fmt(mean)} +- {_fmt(std)}")
+            else:
+                ms.append("-")
+            # Per-sample values averaged over the runs, resampled over samples.
+            runs = [per_sample(ev, col) for _, ev in results]
+            keys = sorted(set.intersection(*(set(r) for r in runs))) if runs else []
+            pooled = [sum(r[k] for r in runs) / len(runs) for k in keys]
+            if len(pooled) > 1:
+                lo, hi = metrics.bootstrap_ci(pooled, n_boot=1000, seed=0)
+                ci.append(f"[{_fmt(lo)}, {_fmt(hi)}]")
+            else:
+                ci.append("-")
+        rows += [ms + ["", ""], ci + ["", ""]]
+    table = [head] + rows
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    for i, r in enumerate(table):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    if usage is not None:
+        t = usage.totals()
+        lines.append(f"LLM calls: {t['calls']}, cache hits: {t['cache_hits']}, tokens: {t['prompt_tokens']} prompt + "
+                     f"{t['completion_tokens']} completion (per model and stage below)")
+    return "\n".join(lines)
