@@ -11,7 +11,7 @@ from .errors import BudgetExceeded, LLMError
 from .io import atomic_write_json
 from .persona import Persona
 from .prompts import CONVERSATION_START
-from .text import add_speaker_name, fix_repetition, own_segment
+from .text import add_speaker_name, append_message, fix_repetition, own_segment
 
 COMMANDS_HELP = "commands: /reset (start over), /save [path] (write the transcript), /exit (end; so do Ctrl-C and Ctrl-D)"
 EXIT_WORDS = ("/exit", "/quit", "exit")  # the reference chat.py quit on a bare `exit`
@@ -132,13 +132,7 @@ class ChatSession:
             self._update("assistant", self.persona.first_mes)
 
     def _update(self, role: str, text: str) -> None:
-        """GCA Agent.update: same-role messages are joined with a blank line."""
-        if not text:
-            return
-        if self.messages[-1]["role"] == role:
-            self.messages[-1] = {"role": role, "content": self.messages[-1]["content"] + "\n\n" + text}
-        else:
-            self.messages.append({"role": role, "content": text})
+        append_message(self.messages, role, text)
 
     def user_text(self, line: str) -> str:
         return prefix_speaker(line, self.user_role) if self.user_role else line

@@ -2,7 +2,7 @@
 
 Keys kept from the reference: api_key, base_url, embedding_model, embedding_api_key, embedding_base_url.
 Extra keys: prices (USD per million input/output tokens per model), timeout, max_attempts,
-retry_base, local_n_ctx, local_max_tokens, cache_dir, structured_output.
+retry_base, local_n_ctx, local_max_tokens, local_repeat_penalty, cache_dir, structured_output.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class Settings:
     retry_cap: float = 60.0
     local_n_ctx: int = 8192
     local_max_tokens: int = 1024   # the embedded model is tiny; long generations only ramble
+    local_repeat_penalty: float = 1.2  # llama.cpp repetition penalty; 1.0 lets SmolLM2-135M loop a phrase
     cache_dir: str = ".cache"
     structured_output: str = "auto"  # auto | on | off: send JSON schemas to remote endpoints
     source: str = ""                 # which config file was read (for the run record)

@@ -96,19 +96,9 @@ class LLM:
              cache_tag: str = "") -> str:
         """One chat completion; returns the content ("" possible) with reasoning blocks removed."""
         model = model or LOCAL_MODEL
-        msgs = prepare_messages(model, messages)
-        if max_tokens is None:
-            max_tokens = default_max_tokens(model)
-        if temperature is None:
-            temperature = 0.0 if nth_generation == 0 else 1.0
-        request = {"model": model, "messages": msgs, "max_tokens": max_tokens, "temperature": temperature,
-                   "nth_generation": nth_generation}
-        if schema is not None:
-            request["schema"] = schema
-        if response_format is not None:
-            request["response_format"] = response_format
-        if cache_tag:
-            request["tag"] = cache_tag
+        request = self._request(model, messages, max_tokens, nth_generation, temperature, schema, response_format,
+                                cache_tag)
+        msgs, max_tokens, temperature = request["messages"], request["max_tokens"], request["temperature"]
         key = cache_key(request)
         if self.use_cache and self.cache is not None:
             hit = self.cache.get(key)
@@ -137,14 +127,28 @@ class LLM:
 
     def was_cached(self, model: str, messages, **kw) -> bool:
         """Whether chat(model, messages, **kw) would be answered from the cache."""
-        msgs = prepare_messages(model, messages)
-        nth = kw.get("nth_generation", 0)
-        req = {"model": model, "messages": msgs, "max_tokens": kw.get("max_tokens") or default_max_tokens(model),
-               "temperature": kw.get("temperature", 0.0 if nth == 0 else 1.0), "nth_generation": nth}
-        for k_src, k_dst in (("schema", "schema"), ("response_format", "response_format"), ("cache_tag", "tag")):
-            if kw.get(k_src):
-                req[k_dst] = kw[k_src]
+        req = self._request(model or LOCAL_MODEL, messages, kw.get("max_tokens"), kw.get("nth_generation", 0),
+                            kw.get("temperature"), kw.get("schema"), kw.get("response_format"), kw.get("cache_tag", ""))
         return bool(self.cache is not None and self.cache.get(cache_key(req)))
+
+    def _request(self, model, messages, max_tokens, nth_generation, temperature, schema, response_format,
+                 cache_tag) -> dict:
+        """The generation request as the cache keys it (no key, no endpoint)."""
+        if max_tokens is None:
+            max_tokens = default_max_tokens(model)
+        if temperature is None:
+            temperature = 0.0 if nth_generation == 0 else 1.0
+        request = {"model": model, "messages": prepare_messages(model, messages), "max_tokens": max_tokens,
+                   "temperature": temperature, "nth_generation": nth_generation}
+        if schema is not None:
+            request["schema"] = schema
+        if response_format is not None:
+            request["response_format"] = response_format
+        if cache_tag:
+            request["tag"] = cache_tag
+        if is_local(model):
+            request["repeat_penalty"] = self.settings.local_repeat_penalty
+        return request
 
     # -- transport ------------------------------------------------------------------------------
     def _endpoint(self) -> str:
@@ -172,7 +176,8 @@ class LLM:
                 with self._slots:
                     if is_local(model):
                         return local_backend.complete(msgs, min(max_tokens, s.local_max_tokens), temperature,
-                                                      seed=nth, n_ctx=s.local_n_ctx, schema=schema, on_token=on_token)
+                                                      seed=nth, n_ctx=s.local_n_ctx, schema=schema, on_token=on_token,
+                                                      repeat_penalty=s.local_repeat_penalty)
                     return self._remote(model, msgs, max_tokens, temperature, schema, response_format, on_token)
             except _Transient as e:
                 last = str(e)

@@ -74,11 +74,12 @@ def _load(n_ctx: int):
 
 
 def complete(messages: list[dict], max_tokens: int, temperature: float, seed: int, n_ctx: int,
-             schema: dict | None = None, on_token: Callable[[str], None] | None = None) -> tuple[str, int, int]:
+             schema: dict | None = None, on_token: Callable[[str], None] | None = None,
+             repeat_penalty: float = 1.0) -> tuple[str, int, int]:
     """One chat completion on the embedded model: (text, prompt_tokens, completion_tokens)."""
     with _lock:
         model = _load(n_ctx)
-        kwargs = dict(messages=messages, temperature=temperature, seed=seed)
+        kwargs = dict(messages=messages, temperature=temperature, seed=seed, repeat_penalty=repeat_penalty)
         if schema is not None:
             kwargs["response_format"] = {"type": "json_object", "schema": schema}
         # Leave room for the prompt: a request past the context window is a clear error, not a crash.

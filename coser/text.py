@@ -60,6 +60,17 @@ def add_speaker_name(text: str, speaker: str) -> str:
     return f"{speaker}: {text}"
 
 
+def append_message(messages: list[dict], role: str, text: str) -> None:
+    """Append a turn to a chat history; a turn from the same role as the last one is joined to it
+    with a blank line (the GCA agents' history rule, also used by chat.py). Empty text is ignored."""
+    if not text:
+        return
+    if messages and messages[-1]["role"] == role:
+        messages[-1] = {"role": role, "content": messages[-1]["content"] + "\n\n" + text}
+    else:
+        messages.append({"role": role, "content": text})
+
+
 def own_segment(text: str, name: str) -> str:
     """Keep only the part of a multi-speaker reply spoken by `name` (llama/step models, METHOD 4.5).
 

@@ -12,6 +12,7 @@ import json
 import os
 import threading
 
+from coser.config import is_local
 from coser.io import atomic_write_json
 from coser.jsonio import JsonFailure, get_json
 from coser.pool import map_ordered
@@ -225,6 +226,9 @@ def write_profile(llm, model: str, title: str, name: str, language: str, infos: 
         if reply and PROFILE_MARKER in reply:
             text = reply.split(PROFILE_MARKER, 1)[1].strip()
             return "" if text.startswith("I apologize") else text
+        if is_local(model) and reply and reply.strip():
+            # SmolLM2-135M never writes the marker; re-asking five times only burns minutes.
+            return reply.strip()
     return ""
 
 

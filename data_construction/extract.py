@@ -318,6 +318,22 @@ def candidate_names(text: str, limit: int = 8) -> list[str]:
     return ranked[:limit]
 
 
+LOCAL_STRING_CAP = 160   # characters per string field: long enough for a line, too short to loop
+
+
+def _cap_strings(node, cap: int) -> None:
+    """Give every free-text string in a schema a maxLength (llama.cpp compiles it into the grammar)."""
+    if isinstance(node, dict):
+        types = node.get("type")
+        if (types == "string" or (isinstance(types, list) and "string" in types)) and "enum" not in node:
+            node.setdefault("maxLength", cap)
+        for v in node.values():
+            _cap_strings(v, cap)
+    elif isinstance(node, list):
+        for v in node:
+            _cap_strings(v, cap)
+
+
 def local_schema(chunk_text: str) -> dict:
     """A tighter extraction schema for the embedded model.
 
@@ -328,13 +344,15 @@ def local_schema(chunk_text: str) -> dict:
     schema = copy.deepcopy(EXTRACTION_SCHEMA)
     names = candidate_names(chunk_text)
     plot = schema["properties"]["plots"]["items"]
-    schema["properties"]["plots"].update(minItems=1, maxItems=2)
+    schema["properties"]["plots"].update(minItems=1, maxItems=1)
     schema["properties"]["chapter_beginnings"]["maxItems"] = 1
-    plot["properties"]["key_characters"].update(minItems=1, maxItems=3)
+    plot["properties"]["key_characters"].update(minItems=1, maxItems=2)
     conv = plot["properties"]["conversation"]
     conv.update(minItems=1, maxItems=1)
     conv["items"]["properties"]["key_characters"].update(minItems=1, maxItems=3)
     conv["items"]["properties"]["dialogues"].update(minItems=4, maxItems=8)
+    conv["items"]["properties"]["dialogues"]["maxItems"] = 6
+    _cap_strings(schema, LOCAL_STRING_CAP)
     if names:
         plot["properties"]["key_characters"]["items"]["properties"]["name"] = {"enum": names}
         conv["items"]["properties"]["key_characters"]["items"]["properties"]["name"] = {"enum": names}

@@ -257,15 +257,19 @@ def conversation_weight(conv: dict, weights: dict) -> float:
 
 
 def process_book(path: str, book: str, rng: random.Random):
-    """Training samples (train plots only) and the held-out entry of one final file, or None."""
+    """Training samples (train plots only) and the held-out entry of one final file.
+
+    A book that lacks its plots or character data is skipped: the reason string is returned.
+    """
     data = read_json(path, "final book file")
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object with 'plots' and 'character_datasets'")
     missing = [k for k, kind in (("plots", list), ("character_datasets", dict))
                if not isinstance(data.get(k), kind)]
     if missing:
-        warn(f"{book}: missing or malformed {', '.join(missing)}; book skipped")
-        return None
+        reason = f"{path}: missing or malformed {', '.join(missing)}"
+        warn(f"{reason}; book skipped")
+        return reason
     plots, datasets = data["plots"], data["character_datasets"]
     profiles = {name: (ds.get("profile", "") if isinstance(ds, dict) else "")
                 for name, ds in datasets.items()}
@@ -413,8 +417,9 @@ def transform(data_dir: str, seed: int = DEFAULT_SEED, test_per_split: int = 100
     for i_b, name in enumerate(files):
         book = os.path.splitext(name)[0]
         result = process_book(os.path.join(final_dir, name), book, rng)
-        if result is None:
+        if isinstance(result, str):
             report["skipped_books"] += 1
+            report.setdefault("skip_reasons", []).append(result)
             continue
         samples, entry, stats, split_index, n_plots = result
         # Position in the full hashed list, so one broken file does not move other books across the split.
@@ -429,8 +434,9 @@ def transform(data_dir: str, seed: int = DEFAULT_SEED, test_per_split: int = 100
         report["skipped_conversations"] += len(stats.skipped)
     if not report["books"]:
         # Writing empty outputs would look like success; nothing usable is an error.
-        raise InputError(f"{final_dir}: no usable final book file ({report['skipped_books']} skipped, "
-                         "see the warnings above)")
+        reasons = report.get("skip_reasons", [])
+        detail = f"; {reasons[0]}" + (f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else "")
+        raise InputError(f"{final_dir}: no usable final book file{detail if reasons else ''}")
     rng.shuffle(train)
     # LLaMA-Factory skips a ShareGPT sample with an odd number of turns after the system one, i.e.
     # one that ends with a human turn (most character samples do, as in the reference). That turn

@@ -13,7 +13,8 @@ import random
 
 from coser.prompts import (CONVERSATION_START, END_CHAT, ENVIRONMENT, NSP, RAG_PLACEHOLDER, get_character_prompt,
                            get_environment_prompt, get_nsp_prompt)
-from coser.text import add_speaker_name, fix_repetition, own_segment, parse_nsp, remove_inner_thoughts
+from coser.text import (add_speaker_name, append_message, fix_repetition, own_segment, parse_nsp,
+                        remove_inner_thoughts)
 
 from . import prompts as P
 
@@ -59,12 +60,7 @@ class Agent:
         self.update("user", CONVERSATION_START)
 
     def update(self, role: str, text: str) -> None:
-        if not text:
-            return
-        if self.messages[-1]["role"] == role:
-            self.messages[-1] = {"role": role, "content": self.messages[-1]["content"] + "\n\n" + text}
-        else:
-            self.messages.append({"role": role, "content": text})
+        append_message(self.messages, role, text)
 
     def chat(self) -> str:
         messages = self.messages

@@ -184,3 +184,36 @@ def test_pruned_anchor_search_equals_the_plain_reference_loop():
 
     for t in targets:
         assert X.find_best_match_sentence(text, t) == plain(t), t
+
+
+# ---- the embedded model's tighter schema ------------------------------------------------
+def _strings(node, path=""):
+    """(path, schema) of every free-text (string-typed, not enum) node in a JSON schema."""
+    if isinstance(node, dict):
+        t = node.get("type")
+        if (t == "string" or (isinstance(t, list) and "string" in t)) and "enum" not in node:
+            yield path, node
+        for k, v in node.items():
+            yield from _strings(v, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _strings(v, f"{path}/{i}")
+
+
+def test_local_schema_bounds_every_free_text_field_and_limits_names():
+    prose = ('"Hold on," said Wren to Tobias. Then Tobias laughed at Wren, and stopped. '
+             'Old Fenn watched them. "Enough," said Fenn.')
+    schema = X.local_schema(prose)
+    names = X.candidate_names(prose)
+    assert set(names) == {"Wren", "Tobias", "Fenn"}, names
+    for path, node in _strings(schema):
+        assert node.get("maxLength") == X.LOCAL_STRING_CAP, path
+    plots = schema["properties"]["plots"]
+    assert plots["maxItems"] == 1
+    conv = plots["items"]["properties"]["conversation"]
+    dialogues = conv["items"]["properties"]["dialogues"]
+    assert (dialogues["minItems"], dialogues["maxItems"]) == (4, 6)
+    speaker = dialogues["items"]["properties"]["character"]
+    assert speaker["enum"] == names + ["Environment"]
+    # The open schema used for remote models is left untouched.
+    assert not any("maxLength" in node for _, node in _strings(X.EXTRACTION_SCHEMA))

@@ -5,8 +5,10 @@ import threading
 
 import pytest
 
+from coser.cache import cache_key
+from coser.config import Settings
 from coser.errors import ConfigError, LLMPermanentError, LLMUnavailable
-from coser.llm import prepare_messages, strip_reasoning
+from coser.llm import LLM, prepare_messages, strip_reasoning
 from tests.conftest import TEST_KEY, run_script
 from tests.fakeserver import Fault
 
@@ -159,3 +161,14 @@ def test_bad_config_file_one_line(tmp_path):
     r = run_script(["-m", "coser.llm", "--config", str(bad), "hi"], cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "config.json" in r.stderr and "line 1" in r.stderr
+
+
+def test_local_repeat_penalty_is_part_of_the_cache_key(tmp_path):
+    a = LLM(Settings(cache_dir=str(tmp_path)), cache=None)
+    b = LLM(Settings(cache_dir=str(tmp_path), local_repeat_penalty=1.0), cache=None)
+    msgs = [{"role": "user", "content": "hi"}]
+    ra = a._request("local", msgs, None, 0, None, None, None, "")
+    rb = b._request("local", msgs, None, 0, None, None, None, "")
+    assert ra["repeat_penalty"] == 1.2 and cache_key(ra) != cache_key(rb)
+    # Remote requests do not carry it, so changing the setting leaves their cache valid.
+    assert "repeat_penalty" not in a._request("gpt-4o", msgs, None, 0, None, None, None, "")

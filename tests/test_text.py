@@ -1,5 +1,5 @@
 """coser.text: inner-thought removal, NSP parsing, speaker prefixes, segments, repetition repair."""
-from coser.text import (add_speaker_name, extract_nsp, fix_repetition, own_segment, parse_nsp,
+from coser.text import (add_speaker_name, append_message, extract_nsp, fix_repetition, own_segment, parse_nsp,
                         remove_inner_thoughts)
 
 
@@ -60,3 +60,17 @@ def test_fix_repetition_rules():
     text = f"{phrase}. Then something else happened entirely. {phrase}."
     out = fix_repetition(text)
     assert out is not None and out.count("suspicion") == 1 and "something else" in out
+
+
+def test_append_message_joins_same_role_and_ignores_empty():
+    history = [{"role": "system", "content": "sys"}]
+    append_message(history, "user", "first")
+    append_message(history, "user", "second")
+    append_message(history, "assistant", "")
+    append_message(history, "assistant", "reply")
+    assert history == [{"role": "system", "content": "sys"},
+                       {"role": "user", "content": "first\n\nsecond"},
+                       {"role": "assistant", "content": "reply"}]
+    fresh = []
+    append_message(fresh, "user", "hi")
+    assert fresh == [{"role": "user", "content": "hi"}]

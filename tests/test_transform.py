@@ -334,7 +334,8 @@ def test_broken_books_and_conversations_are_skipped_with_warnings(tmp_path):
     assert "Fine: plot 3 conversation 1: no speaker other than Environment; skipped" in err
     assert "Fine: plot 2 conversation 2: utterance without character; skipped" in err
     assert err.count("plot 0 conversation 1") == 1                 # once, not once per mode pass
-    assert "NoPlots: missing or malformed plots" in err and "NoDatasets: missing or malformed character_datasets" in err
+    assert "NoPlots.json: missing or malformed plots" in err
+    assert "NoDatasets.json: missing or malformed character_datasets" in err
     assert "2 skipped" in r.stdout and "conversations skipped: 4" in r.stdout
     test = load(tmp_path, "test", "test_set.json")
     picked = {(t["i_p"], t["i_c"]) for t in test}
