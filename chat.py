@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -104,6 +105,9 @@ def main(argv=None) -> int:
         raise InputError("--max_turns must be 0 (no limit) or more")
     interactive = sys.stdin.isatty()
     if interactive:
+        # Started from a script's background job, SIGINT arrives ignored and Ctrl-C would do nothing;
+        # at a terminal it must end the chat (and save the transcript).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             import readline  # noqa: F401  (line editing and history for input())
         except ImportError:

@@ -95,7 +95,7 @@ def load_test_set(path: str, limit: int | None) -> list[dict]:
 _RECORD_FIELDS = ("book_title", "i_p", "i_c", "circumstance", "simulation", "involved_character_profiles")
 
 
-def load_simulation(path: str, limit: int | None) -> list[dict]:
+def load_simulation(path: str) -> list[dict]:
     """A simulation file (ours or the reference's), checked record by record."""
     data = read_json(path)
     if not isinstance(data, list):
@@ -105,7 +105,30 @@ def load_simulation(path: str, limit: int | None) -> list[dict]:
             if not isinstance(rec, dict) or field not in rec:
                 raise InputError(f"{path}: record {i}: missing field '{field}'")
         validate_item(path + f" record {i} circumstance", i, rec["circumstance"])
-    return data[:limit] if limit is not None else data
+    return data
+
+
+def item_key(book, i_p, i_c) -> str:
+    """The reference's case key, as in evaluation files: {book}-{i_p}-{i_c}."""
+    return f"{book}-{i_p}-{i_c}"
+
+
+def reusable_records(sim_path: str, wanted: list[str], test_file: str) -> list[dict]:
+    """The records of an existing simulation file for these samples, in test-file order.
+
+    Output names come from the test file's stem (as in the reference), so two test files called
+    test_set.json share them: a file that lacks some of the samples belongs to another test file
+    (or a smaller --limit) and is never silently scored in their place.
+    """
+    records = load_simulation(sim_path)
+    by_key = {item_key(r["book_title"], r["i_p"], r["i_c"]): r for r in records}
+    missing = [k for k in wanted if k not in by_key]
+    if missing:
+        raise InputError(f"{sim_path}: lacks {len(missing)} of the {len(wanted)} samples of {test_file} "
+                         f"(e.g. {missing[0]!r}); it was written for another test file of the same name or a "
+                         "smaller --limit: pass --regenerate to replace it (cached calls are not repeated) or "
+                         "--exp_dir to keep both")
+    return [by_key[k] for k in wanted]
 
 
 # ---- paths and checkpoints ----------------------------------------------------------------
@@ -216,7 +239,7 @@ def run_judging(llm, args, records: list[dict], eval_path: str) -> dict:
     cases_list = map_ordered(one, list(enumerate(records)), args.num_workers, desc="judging")
     cases = {}
     for rec, case in zip(records, cases_list):
-        cases[f"{rec['book_title']}-{rec['i_p']}-{rec['i_c']}"] = case
+        cases[item_key(rec["book_title"], rec["i_p"], rec["i_c"])] = case
     scores, _, _ = J.aggregate(cases)
     # Beyond the reference's {scores, cases}: who judged, so runs under different judges never mix.
     evaluation = {"scores": scores, "cases": cases, "judge_model": args.judge_model}
@@ -230,17 +253,20 @@ def run_experiment(llm, args, items: list[dict], nth_exp: int) -> tuple[str, dic
     sim_path = os.path.join(args.exp_dir, "simulation", name + ".json")
     eval_path = os.path.join(args.exp_dir, "evaluation", name + ".json")
     run_llm = TaggedLLM(llm, f"repeat={nth_exp}") if nth_exp > 0 else llm
+    wanted = [item_key(it["book"], it["i_p"], it["i_c"]) for it in items]
     if os.path.exists(eval_path) and not (args.regenerate or args.reevaluate):
         evaluation = read_json(eval_path)
         judged_by = evaluation.get("judge_model") if isinstance(evaluation, dict) else None
         if judged_by is not None and judged_by != args.judge_model:
             raise InputError(f"{eval_path} was judged by {judged_by}, not {args.judge_model}: scores of different "
                              "judges are not comparable; pass --reevaluate to judge again")
-        print(f"reusing {eval_path}", file=sys.stderr)
-        return eval_path, evaluation
+        cases = evaluation.get("cases") if isinstance(evaluation, dict) else None
+        if isinstance(cases, dict) and set(wanted) <= set(cases):
+            print(f"reusing {eval_path}", file=sys.stderr)
+            return eval_path, evaluation
     if os.path.exists(sim_path) and not args.regenerate:
+        records = reusable_records(sim_path, wanted, args.test_file)
         print(f"reusing {sim_path}", file=sys.stderr)
-        records = load_simulation(sim_path, args.limit)
     else:
         records = run_simulation(run_llm, args, items, sim_path, nth_exp)
     return eval_path, run_judging(run_llm, args, records, eval_path)

@@ -4,6 +4,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import termios
@@ -148,6 +149,8 @@ def _controlling_tty():
     """New session with the pty as its controlling terminal, so ^C becomes SIGINT as in a real shell."""
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    # Like a shell's background job (CI may run the suite as one): chat.py must still honour Ctrl-C.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Terminal:

@@ -205,3 +205,29 @@ def test_retrieval_run_from_book_data(fake_server, llm_env, tmp_path):
     r = run_script([GCA, "--test_file", shared_path("test", "example_test_set.json"), "--retrieval", "conv1",
                     "--book_data", str(tmp_path / "nowhere")], env=llm_env, cwd=tmp_path)
     assert r.returncode == 2 and "--book_data directory not found" in r.stderr
+
+
+def test_files_of_another_test_set_with_the_same_name_are_not_reused(fake_server, llm_env, tmp_path):
+    # exp/simulation/test_set_gpt-4o.json belongs to the example test set; a different file also called
+    # test_set.json must not be scored with it (the demo and the published test set share the name).
+    published_layout(tmp_path)
+    sim = tmp_path / "exp" / "simulation" / "test_set_gpt-4o.json"
+    before = sim.read_bytes()
+    other = read(shared_path("test", "test_set.json"))[-2:]
+    with open(tmp_path / "data" / "test" / "test_set.json", "w", encoding="utf-8") as f:
+        json.dump(other, f)
+    fake_server.set_responder(responder())
+    r = run_script([GCA], env=llm_env, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: exp/simulation/test_set_gpt-4o.json: lacks 2 of the 2 samples") and \
+        "--regenerate" in line, r.stderr
+    assert sim.read_bytes() == before and fake_server.chat_requests() == []
+    # Samples that the file holds are reused in test-file order, even when it holds more.
+    subset = read(shared_path("test", "example_test_set.json"))[1:]
+    with open(tmp_path / "data" / "test" / "test_set.json", "w", encoding="utf-8") as f:
+        json.dump(subset, f)
+    r = run_script([GCA], env=llm_env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ev = read(tmp_path / "exp" / "evaluation" / "test_set_gpt-4o.json")
+    assert list(ev["cases"]) == list(PUBLISHED)[1:]
