@@ -153,6 +153,23 @@ def collect_names(plots: list[dict]) -> list[str]:
     return sorted(names)
 
 
+def local_names_schema(names: list[str]) -> dict:
+    """For the embedded model: every given name mapped to one of the given names (or 'impersonal').
+
+    Left open, SmolLM2-135M writes names of its own until its token budget runs out.
+    """
+    choice = {"enum": list(names) + ["impersonal"]}
+    return {
+        "type": "object",
+        "properties": {
+            "named_characters": {"type": "array", "items": {"enum": list(names)}, "maxItems": len(names)},
+            "to_official_name": {"type": "object", "properties": {n: choice for n in names},
+                                 "required": list(names), "additionalProperties": False},
+        },
+        "required": ["named_characters", "to_official_name"],
+    }
+
+
 def ask_names(llm, model: str, candidate_model: str, names: list[str], language: str):
     prompt = NAMES_PROMPT.substitute(language=language, names=repr(names))
 
@@ -160,7 +177,8 @@ def ask_names(llm, model: str, candidate_model: str, names: list[str], language:
         return v if isinstance(v, dict) and "named_characters" in v else None
 
     for m in (model, candidate_model):
-        out = get_json(llm, m, [{"role": "user", "content": prompt}], validate=validate, schema=NAMES_SCHEMA,
+        schema = local_names_schema(names) if is_local(m) and names else NAMES_SCHEMA
+        out = get_json(llm, m, [{"role": "user", "content": prompt}], validate=validate, schema=schema,
                        stage="names")
         if not isinstance(out, JsonFailure):
             return {"named_characters": out.get("named_characters"), "to_official_name": out.get("to_official_name")}

@@ -217,3 +217,17 @@ def test_local_schema_bounds_every_free_text_field_and_limits_names():
     assert speaker["enum"] == names + ["Environment"]
     # The open schema used for remote models is left untouched.
     assert not any("maxLength" in node for _, node in _strings(X.EXTRACTION_SCHEMA))
+
+
+def test_local_names_schema_maps_every_name_to_a_given_one():
+    names = ["IAGO", "Iago", "Othello"]
+    schema = A.local_names_schema(names)
+    mapping = schema["properties"]["to_official_name"]
+    assert mapping["required"] == names and mapping["additionalProperties"] is False
+    assert all(mapping["properties"][n]["enum"] == names + ["impersonal"] for n in names)
+    assert schema["properties"]["named_characters"]["items"]["enum"] == names
+    # The embedded model's grammar accepts a reply in the published shape, which build_name_map reads.
+    official, to_official = A.build_name_map(names, {"named_characters": ["Iago", "Othello"],
+                                                     "to_official_name": {"IAGO": "Iago", "Iago": "Iago",
+                                                                          "Othello": "Othello"}})
+    assert official == ["Iago", "Othello"] and to_official["IAGO"] == "Iago"
