@@ -42,6 +42,10 @@ class Cache:
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         self._local = threading.local()
+        # Threads of one process queue here rather than in SQLite's busy handler, which polls
+        # with sleeps of up to 25 ms and so stalled concurrent writers (other processes still
+        # meet SQLite's own locking).
+        self._write_lock = threading.Lock()
         conn = self._conn()
         conn.execute(_SCHEMA)
         conn.commit()
@@ -73,10 +77,12 @@ class Cache:
     def put(self, key: str, request: dict, response: dict, stage: str = "") -> None:
         for attempt in range(5):
             try:
-                self._conn().execute(
-                    "INSERT OR REPLACE INTO responses(key, model, stage, created, request, response) VALUES (?,?,?,?,?,?)",
-                    (key, request.get("model", ""), stage, time.time(), canonical_json(request), canonical_json(response)),
-                )
+                with self._write_lock:
+                    self._conn().execute(
+                        "INSERT OR REPLACE INTO responses(key, model, stage, created, request, response) VALUES (?,?,?,?,?,?)",
+                        (key, request.get("model", ""), stage, time.time(), canonical_json(request),
+                         canonical_json(response)),
+                    )
                 return
             except sqlite3.OperationalError:
                 if attempt == 4:

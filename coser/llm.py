@@ -204,7 +204,12 @@ class LLM:
                                          "json_schema": {"name": "output", "schema": schema, "strict": False}}
         try:
             if on_token is None:
-                resp = client.chat.completions.create(**kwargs)
+                # The body is plain JSON already. The SDK's typed `create` first walks every message
+                # against its TypedDicts (~5 ms of pure Python per call on a long scene history, under
+                # the GIL), which made many-worker runs CPU-bound; its documented low-level `post`
+                # sends the same body with the same auth, timeout and error types.
+                from openai.types.chat import ChatCompletion
+                resp = client.post("/chat/completions", body=kwargs, cast_to=ChatCompletion)
                 if not getattr(resp, "choices", None):
                     raise _Transient("reply without choices")
                 text = resp.choices[0].message.content or ""
