@@ -43,8 +43,7 @@ class Cache:
         os.makedirs(folder, exist_ok=True)
         self._local = threading.local()
         # Threads of one process queue here rather than in SQLite's busy handler, which polls
-        # with sleeps of up to 25 ms and so stalled concurrent writers (other processes still
-        # meet SQLite's own locking).
+        # with sleeps of up to 25 ms (other processes still meet SQLite's own locking).
         self._write_lock = threading.Lock()
         conn = self._conn()
         conn.execute(_SCHEMA)
@@ -75,13 +74,14 @@ class Cache:
         return value if isinstance(value, dict) else None
 
     def put(self, key: str, request: dict, response: dict, stage: str = "") -> None:
+        # Serialized once, outside the lock and the retry loop: only the INSERT waits for other writers.
+        row = (key, request.get("model", ""), stage, time.time(), canonical_json(request), canonical_json(response))
         for attempt in range(5):
             try:
                 with self._write_lock:
                     self._conn().execute(
                         "INSERT OR REPLACE INTO responses(key, model, stage, created, request, response) VALUES (?,?,?,?,?,?)",
-                        (key, request.get("model", ""), stage, time.time(), canonical_json(request),
-                         canonical_json(response)),
+                        row,
                     )
                 return
             except sqlite3.OperationalError:
