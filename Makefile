@@ -5,7 +5,8 @@
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
-STAMP   := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+# The stamp changes with the requirements and with the backend's build recipe, so either change reinstalls.
+STAMP   := $(VENV)/.installed-$(shell cat requirements.txt coser/backend.py | cksum | cut -d' ' -f1)
 
 MODEL   ?= local
 
@@ -13,9 +14,13 @@ MODEL   ?= local
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+# The embedded model's backend is built portably (no native CPU detection) by coser.backend, once per machine
+# kind, and proved by running the model once in a child process before the stamp is written.
+$(STAMP): requirements.txt coser/backend.py
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m coser.backend install
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m coser.backend check
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -24,4 +29,3 @@ test: venv
 
 demo: venv
 	$(BIN)/python -m coser.demo --model $(MODEL)
-

@@ -58,6 +58,10 @@ def _load(n_ctx: int):
     global _model, _model_ctx
     if _model is not None and _model_ctx == n_ctx:
         return _model
+    # Prove in a child process (once per install) that the backend runs here, so a crash by signal becomes
+    # a one-paragraph error instead of a bare "Illegal instruction" that kills this process.
+    from . import backend
+    backend.ensure_runs()
     try:
         from llama_cpp import Llama
     except ImportError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -98,6 +99,13 @@ class FakeServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self):
+                super().setup()
+                try:
+                    self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+
             def log_message(self, *a):  # keep test output clean
                 pass
 
@@ -158,24 +166,28 @@ class FakeServer:
             def _send(self, status: int, obj: dict, headers: dict | None = None):
                 self._raw(status, json.dumps(obj).encode(), headers)
 
+            def _head(self, status: int, headers: dict) -> bytes:
+                """Status line and headers as bytes, to go out in the same write as the body."""
+                lines = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}",
+                         f"Server: fake-openai", f"Date: {self.date_time_string()}"]
+                lines += [f"{k}: {v}" for k, v in headers.items()]
+                return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
             def _raw(self, status: int, data: bytes, headers: dict | None = None):
+                # One write per response: headers and body written separately on a keep-alive socket
+                # meet Nagle + delayed ACK and stall ~40 ms each.
+                self.log_request(status)
+                head = self._head(status, {"Content-Type": "application/json", "Content-Length": str(len(data)),
+                                           **(headers or {})})
                 try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for k, v in (headers or {}).items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
+                    self.wfile.write(head + data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
             def _stream(self, model: str, content: str):
                 try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/event-stream")
-                    self.send_header("Connection", "close")
-                    self.end_headers()
+                    self.log_request(200)
+                    self.wfile.write(self._head(200, {"Content-Type": "text/event-stream", "Connection": "close"}))
                     words = content.split(" ")
                     for i, w in enumerate(words):
                         piece = w if i == 0 else " " + w
