@@ -82,3 +82,37 @@ def build_exp(root, judge_of=lambda setting: "gpt-4o", repeats=1, fail_one=False
             with open(os.path.join(root, "evaluation", name + ".json"), "w", encoding="utf-8") as f:
                 json.dump(data, f, ensure_ascii=False, indent=2)
     return root
+
+
+HOSTILE = ('<script>window.pwned = 1</script><img src="x" onerror="window.pwned2 = 1">'
+           '</p></div><b class="inj">bold?</b>')
+
+
+def make_hostile(root, setting=SETTINGS[0], key_index=0):
+    """Put markup into a simulation line, a flaw instance and a flaw type of one case; returns the case key."""
+    path = os.path.join(root, "evaluation", setting + ".json")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    key = sorted(data["cases"])[key_index]
+    case = data["cases"][key]
+    case["simulation"][1]["content"] += "\n" + HOSTILE
+    crit = case["critique"]["Anthropomorphism"]
+    crit["flaws"].append({"instance": "speaks like an assistant " + HOSTILE, "type": HOSTILE, "severity": 0})
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=2)
+    return key
+
+
+def add_spec(root, setting, judge, test_hash, actor, protocol="reference", drop_keys=0, retrieval=None):
+    """Give one evaluation file a spec (the shape main.py writes) and optionally drop some samples."""
+    path = os.path.join(root, "evaluation", setting + ".json")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    for key in sorted(data["cases"])[:drop_keys]:
+        del data["cases"][key]
+    data["spec"] = {"roles": {"actor": {"model": actor}, "judge": {"model": judge}}, "protocol": protocol,
+                    "retrieval": retrieval,
+                    "test_set": {"hash": test_hash, "path": "data/test/test_set.json"}}
+    data.pop("judge_model", None)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=2)
