@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any
 
+from .errors import OutputError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
     key TEXT PRIMARY KEY,
@@ -24,6 +26,37 @@ CREATE TABLE IF NOT EXISTS responses (
     response TEXT NOT NULL
 )
 """
+
+
+def _problem(e: BaseException) -> str:
+    """One short line for a SQLite or OS failure ("file is not a database", "disk is full", ...)."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    msg = str(e).strip() or type(e).__name__
+    if "not a database" in msg:
+        return "file is not a SQLite database"
+    if "disk is full" in msg or "disk I/O" in msg:
+        return f"{msg} (is the disk full?)"
+    return msg
+
+
+def _transient(e: sqlite3.OperationalError) -> bool:
+    """Busy/locked errors are worth a retry; full disk, read-only or corrupt files are not."""
+    msg = str(e).lower()
+    return "locked" in msg or "busy" in msg
+
+
+def _add_rejected_column(conn: sqlite3.Connection) -> bool:
+    """Tolerant migration: caches written before the `rejected` flag get it (default 0, not rejected)."""
+    try:
+        cols = {row[1] for row in conn.execute("PRAGMA table_info(responses)")}
+        if "rejected" not in cols:
+            conn.execute("ALTER TABLE responses ADD COLUMN rejected INTEGER NOT NULL DEFAULT 0")
+        return True
+    except sqlite3.OperationalError as e:
+        if "duplicate column" in str(e).lower():  # another process migrated it first
+            return True
+        return False  # e.g. a read-only file: rejections fall back to deleting the row
 
 
 def canonical_json(obj: Any) -> str:
@@ -40,14 +73,22 @@ class Cache:
     def __init__(self, path: str):
         self.path = path
         folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
         self._local = threading.local()
         # Threads of one process queue here rather than in SQLite's busy handler, which polls
         # with sleeps of up to 25 ms (other processes still meet SQLite's own locking).
         self._write_lock = threading.Lock()
-        conn = self._conn()
-        conn.execute(_SCHEMA)
-        conn.commit()
+        if os.path.isdir(path):
+            raise OutputError(f"{path}: cache file is a directory (give --cache_path a file name)")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            conn = self._conn()
+            conn.execute(_SCHEMA)
+            conn.commit()
+            self._has_rejected = _add_rejected_column(conn)
+        except (sqlite3.Error, OSError) as e:
+            self.close()
+            raise OutputError(f"{path}: cannot use response cache: {_problem(e)} "
+                              "(use another --cache_path, or --no_cache)") from None
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -62,7 +103,9 @@ class Cache:
     def get(self, key: str) -> dict | None:
         """The stored response record, or None. A broken row is a miss, never a crash."""
         try:
-            row = self._conn().execute("SELECT response FROM responses WHERE key=?", (key,)).fetchone()
+            # A reply marked rejected (it failed parsing/validation) is never served again as good.
+            sql = "SELECT response FROM responses WHERE key=?" + (" AND rejected=0" if self._has_rejected else "")
+            row = self._conn().execute(sql, (key,)).fetchone()
         except sqlite3.DatabaseError:
             return None
         if row is None:
@@ -84,10 +127,30 @@ class Cache:
                         row,
                     )
                 return
-            except sqlite3.OperationalError:
-                if attempt == 4:
-                    raise
+            except sqlite3.OperationalError as e:
+                if attempt == 4 or not _transient(e):
+                    raise OutputError(f"{self.path}: cannot write response cache: {_problem(e)}") from None
                 time.sleep(0.05 * (attempt + 1))
+            except sqlite3.Error as e:
+                raise OutputError(f"{self.path}: cannot write response cache: {_problem(e)}") from None
+
+    def reject(self, key: str) -> None:
+        """Mark a stored reply as failed parsing/validation: get() misses it, put() replaces it."""
+        if not self._has_rejected:
+            self.delete(key)
+            return
+        try:
+            with self._write_lock:
+                self._conn().execute("UPDATE responses SET rejected=1 WHERE key=?", (key,))
+        except sqlite3.Error as e:
+            raise OutputError(f"{self.path}: cannot write response cache: {_problem(e)}") from None
+
+    def delete(self, key: str) -> None:
+        try:
+            with self._write_lock:
+                self._conn().execute("DELETE FROM responses WHERE key=?", (key,))
+        except sqlite3.Error as e:
+            raise OutputError(f"{self.path}: cannot write response cache: {_problem(e)}") from None
 
     def __len__(self) -> int:
         return self._conn().execute("SELECT COUNT(*) FROM responses").fetchone()[0]

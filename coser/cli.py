@@ -9,8 +9,9 @@ import sys
 from typing import Callable
 
 from .cache import Cache
-from .config import LOCAL_MODEL, load_settings
-from .errors import BudgetExceeded, CoserError
+from .config import LOCAL_MODEL, PLACEHOLDER_PREFIXES, is_local, load_settings
+from .endpoints import key_setting, resolve
+from .errors import BudgetExceeded, ConfigError, CoserError
 from .io import atomic_write_json
 from .llm import LLM, set_llm
 from .usage import Usage
@@ -46,15 +47,24 @@ def setup(args: argparse.Namespace) -> LLM:
     settings = load_settings(getattr(args, "config", None))
     if getattr(args, "num_workers", 1) is not None and getattr(args, "num_workers", 1) < 1:
         raise CoserError("--num_workers must be at least 1")
-    # A model flag left at its default falls back to the embedded model when no key is configured.
-    if _parser is not None and not settings.has_remote_key():
+    # With no usable endpoint for a model (no key, no own base_url in config.json `models`): a model
+    # flag left at its default falls back to the embedded model; one named on the command line is an error.
+    if _parser is not None:
+        argv = sys.argv[1:]
         for action in _parser._actions:
-            dest = action.dest
-            if dest.endswith("model") and isinstance(action.default, str) and getattr(args, dest, None) == action.default \
-                    and action.default != LOCAL_MODEL:
+            dest, value = action.dest, getattr(args, action.dest, None)
+            if not dest.endswith("model") or not isinstance(value, str) or not value or is_local(value):
+                continue
+            if resolve(settings, value).usable(PLACEHOLDER_PREFIXES):
+                continue
+            explicit = any(a == o or a.startswith(o + "=") for o in action.option_strings for a in argv)
+            if value == action.default and not explicit:
                 setattr(args, dest, LOCAL_MODEL)
                 notice(f"no API key configured: --{dest} uses the embedded offline model 'local' "
                        f"instead of {action.default}")
+            else:
+                raise ConfigError(f"--{dest} {value}: no API key for this model: set "
+                                  f"{key_setting(settings, value)} (or give --{dest} local)")
     use_cache = not getattr(args, "no_cache", False)
     cache = None
     if use_cache:
@@ -77,6 +87,9 @@ def run_record(args: argparse.Namespace, llm: LLM, stage: str, extra: dict | Non
         "argv": sys.argv[1:],
         "flags": flags,
         "settings": llm.settings.public(),
+        # Per role: the model name sent and its endpoint (no key, no credentials in the URL).
+        "endpoints": {k: llm.endpoint_info(v) for k, v in sorted(flags.items())
+                      if k.endswith("model") and isinstance(v, str) and v},
         "cache": None if llm.cache is None else os.path.relpath(llm.cache.path),
         "usage": llm.usage.to_dict(),
         **(extra or {}),
@@ -98,6 +111,7 @@ def finish(out_dir: str, args: argparse.Namespace, stage: str, extra: dict | Non
 
 def main(entry: Callable[..., int | None]) -> None:
     """Run a script's main(); user errors become one line on stderr and a non-zero exit."""
+    from .errors import Interrupted
     try:
         code = entry()
     except BudgetExceeded as e:
@@ -106,9 +120,22 @@ def main(entry: Callable[..., int | None]) -> None:
     except CoserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted: finished work is saved; rerun to resume", file=sys.stderr)
-        sys.exit(130)
+    except (KeyboardInterrupt, Interrupted):
+        # Exit without joining worker threads still inside an LLM call (their work is abandoned;
+        # finished items are checkpointed). sys.exit would wait for them.
+        print("\ninterrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
+        from .io import discard_temp_files
+        discard_temp_files()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     except BrokenPipeError:
         sys.exit(1)
+    except OSError as e:  # last resort: a write the script did not route through coser.io
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(2)
+    except RecursionError:
+        print("error: input nested too deeply to process", file=sys.stderr)
+        sys.exit(2)
     sys.exit(code or 0)

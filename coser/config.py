@@ -34,6 +34,7 @@ class Settings:
     local_repeat_penalty: float = 1.2  # llama.cpp repetition penalty; 1.0 lets SmolLM2-135M loop a phrase
     cache_dir: str = ".cache"
     structured_output: str = "auto"  # auto | on | off: send JSON schemas to remote endpoints
+    models: dict = dataclasses.field(default_factory=dict)  # model name/glob -> own endpoint (coser/endpoints.py)
     source: str = ""                 # which config file was read (for the run record)
 
     def has_remote_key(self) -> bool:
@@ -44,6 +45,10 @@ class Settings:
         d = dataclasses.asdict(self)
         for k in ("api_key", "embedding_api_key"):
             d[k] = "(set)" if d[k] and not str(d[k]).startswith(PLACEHOLDER_PREFIXES) else "(unset)"
+        from .endpoints import public_models, redact_url
+        for k in ("base_url", "embedding_base_url"):
+            d[k] = redact_url(d[k])
+        d["models"] = public_models(self.models)
         return d
 
 
@@ -63,6 +68,9 @@ def load_settings(config_path: str | None = None) -> Settings:
             raise ConfigError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not valid UTF-8") from None
+        except (RecursionError, ValueError) as e:   # nesting too deep, a huge integer
+            from .io import json_problem
+            raise ConfigError(f"{path}: not usable JSON ({json_problem(e)})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a JSON object of settings")
     elif explicit:
@@ -92,6 +100,11 @@ def load_settings(config_path: str | None = None) -> Settings:
     if env.get("COSER_TIMEOUT"):
         s.timeout = float(env["COSER_TIMEOUT"])
     _check_prices(s.prices, path)
+    if s.models:
+        from .endpoints import check_models
+        check_models(s.models, os.path.basename(path))
+        # An entry's prices count for the names it matches (usage looks globs up in order).
+        s.prices = {**{name: e["prices"] for name, e in s.models.items() if "prices" in e}, **s.prices}
     return s
 
 
@@ -99,6 +112,21 @@ def _check_prices(prices: dict, path: str) -> None:
     for model, p in prices.items():
         if not isinstance(p, dict) or not all(isinstance(p.get(k), (int, float)) for k in ("input", "output")):
             raise ConfigError(f"{path}: prices['{model}'] needs numeric 'input' and 'output' (USD per 1M tokens)")
+
+
+DEFAULT_REMOTE_MODEL = "gpt-4o"  # the reference's default for every role
+
+
+def configured_default_model(settings: Settings) -> str:
+    """The model a script uses when none is named: gpt-4o with a usable top-level key, else the first
+    `models` entry (exact name, not a glob) that can be reached, else the embedded model."""
+    if settings.has_remote_key():
+        return DEFAULT_REMOTE_MODEL
+    from .endpoints import resolve
+    for name in settings.models or {}:
+        if not any(c in name for c in "*?[") and resolve(settings, name).usable(PLACEHOLDER_PREFIXES):
+            return name
+    return LOCAL_MODEL
 
 
 def is_local(model: str | None) -> bool:

@@ -15,6 +15,17 @@ class InputError(CoserError):
     """Bad input file, line or field; the message names where."""
 
 
+class OutputError(CoserError):
+    """An output (or cache) file could not be written; the message names the file and the cause.
+
+    errno keeps the OS error number (None if not from the OS), e.g. for a caller that retries ENOENT.
+    """
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
 class LLMError(CoserError):
     """An LLM call failed for good (after the bounded retries, or at once for permanent errors)."""
 
@@ -31,3 +42,11 @@ class BudgetExceeded(CoserError):
     """--max_cost was reached: no new LLM work is started; rerun to resume."""
 
     exit_code = 3
+
+
+class Interrupted(BaseException):
+    """Raised in worker threads for an LLM call asked after Ctrl-C: no new call starts while the run stops.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way records it as a
+    failed sample or retries it.
+    """

@@ -1,22 +1,62 @@
 """File I/O with atomic writes and input errors that name the file, line and field."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from typing import Any, Iterator
 
-from .errors import InputError
+from .errors import InputError, OutputError
 
+_temp_files: set[str] = set()   # temp files of atomic writes in progress
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def write_problem(e: OSError) -> str:
+    """A short cause for a failed write: the OS reason without Python's repr noise."""
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.errno == errno.ENOSPC:
+        reason = "disk full (no space left on device)"
+    elif e.errno == errno.EDQUOT:
+        reason = "disk quota exceeded"
+    elif e.errno == errno.ENAMETOOLONG:
+        reason = "file name too long"
+    elif e.errno in (errno.ENOTDIR, errno.EEXIST):
+        reason = f"{reason} (a file stands where a folder is needed)"
+    return reason
+
+
+def make_dirs(folder: str, what: str = "output folder") -> None:
+    """os.makedirs(exist_ok=True) whose failure is an OutputError naming the folder."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot create {what}: {write_problem(e)}", e.errno) from None
+    if not os.path.isdir(folder):
+        raise OutputError(f"{folder}: cannot create {what}: a file with that name exists")
+
+
 def atomic_write_text(path: str, text: str) -> None:
-    """Write via a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    """Write via a temp file in the same folder, fsync, then rename: readers never see half a file.
+
+    Any OSError (read-only folder, a file where a folder is needed, name too long, disk full)
+    becomes an OutputError naming the path; the previous version of the file stays intact.
+    """
+    try:
+        _atomic_write_text(path, text)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write: {write_problem(e)}", e.errno) from None
+
+
+def _atomic_write_text(path: str, text: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "a folder stands where the file should be")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path)[-40:], dir=folder)
+    _temp_files.add(tmp)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -30,6 +70,17 @@ def atomic_write_text(path: str, text: str) -> None:
         except OSError:
             pass
         raise
+    finally:
+        _temp_files.discard(tmp)
+
+
+def discard_temp_files() -> None:
+    """Remove temp files of writes still in progress (threads abandoned on Ctrl-C); targets stay intact."""
+    for tmp in list(_temp_files):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def atomic_write_json(path: str, obj: Any, indent: int | None = 2) -> None:
@@ -62,6 +113,20 @@ def read_json(path: str, what: str = "JSON file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    except (RecursionError, ValueError, MemoryError) as e:
+        raise InputError(f"{path}: not usable JSON ({json_problem(e)})") from None
+
+
+def json_problem(e: BaseException) -> str:
+    """Why the parser refused text that is JSON-shaped (nesting too deep, a huge integer, ...)."""
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    if isinstance(e, MemoryError):
+        return "too large to load"
+    msg = str(e).split(";")[0]
+    if "integer string conversion" in msg:
+        return "an integer has too many digits"
+    return msg[:120]
 
 
 def iter_jsonl(path: str, what: str = "JSONL file") -> Iterator[tuple[int, Any | InputError]]:
@@ -88,6 +153,8 @@ def iter_jsonl(path: str, what: str = "JSONL file") -> Iterator[tuple[int, Any |
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 yield lineno, InputError(f"{path}: line {lineno}: not valid JSON ({e.msg} at column {e.colno})")
+            except (RecursionError, ValueError, MemoryError) as e:
+                yield lineno, InputError(f"{path}: line {lineno}: not usable JSON ({json_problem(e)})")
 
 
 def require(obj: Any, key: str, where: str, kind: type | tuple | None = None) -> Any:

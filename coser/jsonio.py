@@ -144,6 +144,7 @@ def get_json(llm, model: str, messages, validate: Callable[[Any], Any] | None = 
         # An outage (LLMUnavailable after the client's bounded retries) propagates: it is not a parse
         # failure, and recording it as one would let a rerun skip work that never happened.
         raw = llm.chat(model, current, nth_generation=nth, schema=schema, max_tokens=max_tokens, stage=stage)
+        sent = current
         current = base  # undo a previous copyright workaround
         if copyright_retry and len(base) == 1 and is_copyright_refusal(raw):
             current = base + [{"role": "assistant", "content": COPYRIGHT_OFFER},
@@ -154,9 +155,11 @@ def get_json(llm, model: str, messages, validate: Callable[[Any], Any] | None = 
         if raw and (longest is None or len(raw) > len(longest)):
             longest = raw
         value = parse_json(raw)
+        repair_prompt = None
         if value is None and raw and repair:
             tmpl = REPAIR_TRUNCATED if repair == "truncated" else REPAIR_QUOTES
-            fixed = llm.chat(repair_model or model, tmpl.substitute(text=raw), nth_generation=0, schema=schema,
+            repair_prompt = tmpl.substitute(text=raw)
+            fixed = llm.chat(repair_model or model, repair_prompt, nth_generation=0, schema=schema,
                              max_tokens=max_tokens, stage=f"{stage}-repair")
             value = parse_json(fixed)
         if value is None:
@@ -171,5 +174,11 @@ def get_json(llm, model: str, messages, validate: Callable[[Any], Any] | None = 
                     reason = "invalid: rejected by validator"
             if kept:
                 return kept
+        # The reply failed parsing/validation: a rerun must ask again, not serve it from the cache as good.
+        reject = getattr(llm, "reject", None)
+        if reject is not None:
+            reject(model, sent, nth_generation=nth, schema=schema, max_tokens=max_tokens)
+            if repair_prompt is not None:
+                reject(repair_model or model, repair_prompt, nth_generation=0, schema=schema, max_tokens=max_tokens)
         nth += 1
     return JsonFailure(raw=longest, reason=reason, attempts=attempts)

@@ -12,6 +12,7 @@ Diagnostic:  python -m coser.llm --model local "Say hello as Hamlet"   [--json]
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -23,12 +24,15 @@ from typing import Callable
 
 from . import local as local_backend
 from .cache import Cache, cache_key
-from .config import LOCAL_MODEL, Settings, is_local, load_settings
+from .config import LOCAL_MODEL, PLACEHOLDER_PREFIXES, Settings, is_local, load_settings
+from .endpoints import NO_KEY, Route, entry_route, key_setting, match_entry, redact_text, redact_url, resolve
 from .errors import ConfigError, LLMPermanentError, LLMUnavailable
+from .pool import check_not_stopping
 from .tokens import count_tokens
 from .usage import Usage
 
 _REASONING = re.compile(r"<(think|thinking|reasoning)>.*?</\1>\s*", re.DOTALL | re.IGNORECASE)
+REPLICA_COOLDOWN = 30.0  # seconds a failing replica stays out of rotation
 _DANGLING_CLOSE = re.compile(r"^.*?</(think|thinking|reasoning)>\s*", re.DOTALL | re.IGNORECASE)
 
 
@@ -65,14 +69,6 @@ def default_max_tokens(model: str) -> int:
     return 8192 if model.lower().startswith("claude") else 16384
 
 
-def _wants_schema(model: str, settings: Settings) -> bool:
-    if settings.structured_output == "on":
-        return True
-    if settings.structured_output == "off":
-        return False
-    return model.lower().startswith(("gpt-4o", "gpt-4.1", "gpt-5", "o3", "o4"))
-
-
 class LLM:
     """Policy wrapper around one transport. Thread-safe; share one instance per process."""
 
@@ -83,18 +79,24 @@ class LLM:
         self.cache = cache if cache is not None or not use_cache else Cache(
             os.path.join(self.settings.cache_dir, "llm_cache.sqlite"))
         self.usage = usage or Usage(self.settings.prices)
-        self._slots = threading.BoundedSemaphore(max(1, max_in_flight))
-        self._client = None
+        self._max_in_flight = max(1, max_in_flight)
+        self._slots = threading.BoundedSemaphore(self._max_in_flight)
+        self._clients: dict = {}
+        self._ep_slots: dict = {}
+        self._replica_load: dict[str, int] = {}
+        self._down_until: dict[str, float] = {}
         self._client_lock = threading.Lock()
-        self._no_schema: set[str] = set()
+        self._no_schema: set[tuple] = set()
         self._jitter = random.Random()
 
     # -- public API ---------------------------------------------------------------------------
     def chat(self, model: str, messages, max_tokens: int | None = None, nth_generation: int = 0,
              stage: str = "default", temperature: float | None = None, response_format: dict | None = None,
              schema: dict | None = None, on_token: Callable[[str], None] | None = None,
-             cache_tag: str = "") -> str:
-        """One chat completion; returns the content ("" possible) with reasoning blocks removed."""
+             cache_tag: str = "", keep_reasoning: bool = False) -> str:
+        """One chat completion; returns the content ("" possible) with reasoning blocks removed
+        (kept when keep_reasoning: the reference protocol). The cache holds the raw text, so both share rows."""
+        out = (lambda t: t) if keep_reasoning else strip_reasoning
         model = model or LOCAL_MODEL
         request = self._request(model, messages, max_tokens, nth_generation, temperature, schema, response_format,
                                 cache_tag)
@@ -102,20 +104,20 @@ class LLM:
         key = cache_key(request)
         if self.use_cache and self.cache is not None:
             hit = self.cache.get(key)
-            if hit is not None and isinstance(hit.get("content"), str) and hit["content"] != "":
+            if hit is not None and isinstance(hit.get("content"), str) and out(hit["content"]) != "":
                 self.usage.record(model, stage, cached=True)
                 if on_token is not None:
-                    on_token(hit["content"])
-                return hit["content"]
+                    on_token(out(hit["content"]))
+                return out(hit["content"])
+        check_not_stopping()   # after Ctrl-C no new call starts (coser/pool.py)
         self.usage.check_budget()
         text, p_tok, c_tok = self._call_with_retry(model, msgs, max_tokens, temperature, nth_generation, schema,
                                                    response_format, on_token, stage)
-        text = strip_reasoning(text)
         self.usage.record(model, stage, p_tok, c_tok)
         # Empty replies are not stored (reference: a cached '' counts as a miss).
         if self.use_cache and self.cache is not None and text != "":
             self.cache.put(key, request, {"content": text, "prompt_tokens": p_tok, "completion_tokens": c_tok}, stage)
-        return text
+        return out(text)
 
     def chat_retry(self, model: str, messages, max_retry: int = 5, **kw) -> str:
         """Re-ask with nth_generation 1..max_retry while the reply is empty (reference get_response_with_retry)."""
@@ -124,6 +126,15 @@ class LLM:
             if text.strip():
                 return text
         return ""
+
+    def reject(self, model: str, messages, **kw) -> None:
+        """Mark the cached reply of chat(model, messages, **kw) as failed parsing/validation, so a rerun
+        asks again instead of serving it as good (issue 19). Same keywords as chat()."""
+        if not self.use_cache or self.cache is None:
+            return
+        req = self._request(model or LOCAL_MODEL, messages, kw.get("max_tokens"), kw.get("nth_generation", 0),
+                            kw.get("temperature"), kw.get("schema"), kw.get("response_format"), kw.get("cache_tag", ""))
+        self.cache.reject(cache_key(req))
 
     def was_cached(self, model: str, messages, **kw) -> bool:
         """Whether chat(model, messages, **kw) would be answered from the cache."""
@@ -138,8 +149,14 @@ class LLM:
             max_tokens = default_max_tokens(model)
         if temperature is None:
             temperature = 0.0 if nth_generation == 0 else 1.0
-        request = {"model": model, "messages": prepare_messages(model, messages), "max_tokens": max_tokens,
+        # The name sent and, for a models entry with its own base_url, the endpoint's identity
+        # (URL without credentials): one model name at two servers never shares answers.
+        route = None if is_local(model) else self.route(model)
+        sent = route.sent if route is not None else model
+        request = {"model": sent, "messages": prepare_messages(sent, messages), "max_tokens": max_tokens,
                    "temperature": temperature, "nth_generation": nth_generation}
+        if route is not None and route.identity:
+            request["endpoint"] = route.identity
         if schema is not None:
             request["schema"] = schema
         if response_format is not None:
@@ -151,55 +168,225 @@ class LLM:
         return request
 
     # -- transport ------------------------------------------------------------------------------
-    def _endpoint(self) -> str:
-        return self.settings.base_url or "the default OpenAI endpoint"
+    def route(self, model: str) -> Route:
+        """Where a remote model lives (config.json `models`, else the top-level endpoint)."""
+        return resolve(self.settings, model)
 
-    def _remote_client(self):
+    def endpoint_info(self, model: str) -> dict:
+        """{"model": name sent, "endpoint": base URL without credentials, or "embedded"} for records."""
+        model = model or LOCAL_MODEL
+        if is_local(model):
+            return {"model": LOCAL_MODEL, "endpoint": "embedded"}
+        r = self.route(model)
+        return {"model": r.sent, "endpoint": r.shown}
+
+    def _endpoint(self) -> str:
+        return redact_url(self.settings.base_url) or "the default OpenAI endpoint"
+
+    def _remote_client(self, route: Route | None = None, url: str | None = None):
+        route = route or Route("", "", [self.settings.base_url or ""], self.settings.api_key)
+        url = route.base_urls[0] if url is None else url
+        if not route.usable(PLACEHOLDER_PREFIXES):
+            raise ConfigError(
+                f"no API key for {route.where}: set {key_setting(self.settings, route.name)} "
+                "(or use --model local for the embedded offline model)")
+        # Clients are per (URL, key): a key is only ever sent to the URL it is configured with.
+        ident = (url, hashlib.sha256(route.key_to_send().encode()).hexdigest(), route.timeout)
         with self._client_lock:
-            if self._client is None:
-                if not self.settings.has_remote_key():
-                    raise ConfigError(
-                        "no API key for a remote model: set api_key in config.json or the OPENAI_API_KEY "
-                        "environment variable (or use --model local for the embedded offline model)")
+            client = self._clients.get(ident)
+            if client is None:
                 import openai
                 # The SDK's own retries are off: this class is the one retry layer.
-                self._client = openai.OpenAI(api_key=self.settings.api_key, base_url=self.settings.base_url or None,
-                                             timeout=self.settings.timeout, max_retries=0)
-            return self._client
+                client = openai.OpenAI(api_key=route.key_to_send(), base_url=url or None,
+                                       timeout=route.timeout or self.settings.timeout, max_retries=0)
+                self._clients[ident] = client
+            return client
+
+    def _endpoint_slots(self, route: Route) -> threading.BoundedSemaphore:
+        """At most max_connections requests in flight to one endpoint, across all threads."""
+        key = route.identity or f"(top level){route.entry or ''}"
+        with self._client_lock:
+            sem = self._ep_slots.get(key)
+            if sem is None:
+                sem = threading.BoundedSemaphore(route.max_connections or self._max_in_flight)
+                self._ep_slots[key] = sem
+            return sem
+
+    def _pick_replica(self, route: Route, avoid: str | None) -> str:
+        """Fewest in flight among the replicas in rotation (a failing one is out for a while)."""
+        if len(route.base_urls) == 1:
+            return route.base_urls[0]
+        now = time.monotonic()
+        with self._client_lock:
+            up = [u for u in route.base_urls if self._down_until.get(u, 0) <= now] or list(route.base_urls)
+            if avoid in up and len(up) > 1:
+                up.remove(avoid)
+            url = min(up, key=lambda u: self._replica_load.get(u, 0))
+            self._replica_load[url] = self._replica_load.get(url, 0) + 1
+            return url
+
+    def _other_replica_up(self, route: Route, url: str | None) -> bool:
+        now = time.monotonic()
+        with self._client_lock:
+            return any(u != url and self._down_until.get(u, 0) <= now for u in route.base_urls)
+
+    def _release_replica(self, route: Route, url: str, failed: bool) -> None:
+        if len(route.base_urls) == 1:
+            return
+        with self._client_lock:
+            self._replica_load[url] = self._replica_load.get(url, 1) - 1
+            if failed:
+                self._down_until[url] = time.monotonic() + REPLICA_COOLDOWN
 
     def _call_with_retry(self, model, msgs, max_tokens, temperature, nth, schema, response_format, on_token, stage):
         s = self.settings
         attempts = max(1, int(s.max_attempts))
         last = ""
+        route = None if is_local(model) else self.route(model)
+        url = None
         for attempt in range(1, attempts + 1):
             try:
-                with self._slots:
-                    if is_local(model):
+                if route is None:
+                    with self._slots:
                         return local_backend.complete(msgs, min(max_tokens, s.local_max_tokens), temperature,
                                                       seed=nth, n_ctx=s.local_n_ctx, schema=schema, on_token=on_token,
                                                       repeat_penalty=s.local_repeat_penalty)
-                    return self._remote(model, msgs, max_tokens, temperature, schema, response_format, on_token)
+                # The endpoint's own bound first: a thread waiting for a busy server holds no global slot.
+                with self._endpoint_slots(route), self._slots:
+                    url = self._pick_replica(route, url)
+                    failed = True
+                    try:
+                        out = self._remote(route, url, msgs, max_tokens, temperature, schema, response_format,
+                                           on_token)
+                        failed = False
+                        return out
+                    except LLMPermanentError:
+                        failed = False
+                        raise
+                    finally:
+                        self._release_replica(route, url, failed)
             except _Transient as e:
                 last = str(e)
                 self.usage.fault(model, stage, retried=attempt < attempts)
                 if attempt == attempts:
                     break
+                if route is not None and self._other_replica_up(route, url):
+                    continue  # another replica takes the request at once
                 delay = e.retry_after if e.retry_after is not None else s.retry_base * 2 ** (attempt - 1)
                 delay = min(s.retry_cap, delay) * (1.0 if e.retry_after is not None else 0.5 + self._jitter.random() / 2)
                 time.sleep(delay)
-        raise LLMUnavailable(f"model '{model}' at {self._endpoint()}: gave up after {attempts} attempts ({last})")
+        where = route.where if route is not None else f"model '{model}' at the embedded backend"
+        raise LLMUnavailable(f"{where}: gave up after {attempts} attempts ({last})")
 
-    def _remote(self, model, msgs, max_tokens, temperature, schema, response_format, on_token):
+    def embedding_route(self, model: str) -> Route:
+        """The embedding model's endpoint: a `models` entry if one matches, else embedding_base_url /
+        embedding_api_key (reference keys), else the top-level pair. A key goes only to its own URL."""
+        s = self.settings
+        if match_entry(s.models or {}, model) is not None or not s.embedding_base_url:
+            route = self.route(model)
+            if route.entry is None and s.embedding_api_key and not s.embedding_api_key.startswith(
+                    PLACEHOLDER_PREFIXES) and not s.embedding_base_url:
+                route.api_key = s.embedding_api_key
+            return route
+        key = s.embedding_api_key if s.embedding_api_key and not s.embedding_api_key.startswith(
+            PLACEHOLDER_PREFIXES) else ""
+        return Route(model, model, [s.embedding_base_url], key, own_endpoint=True, source=s.source or "config.json")
+
+    def embed(self, model: str, texts: list[str], stage: str = "embedding") -> list[list[float]]:
+        """Embedding vectors through the same layer as chat: endpoint table, cache, retries, limits, usage."""
+        route = self.embedding_route(model)
+        out: dict[str, list[float]] = {}
+        keys = {}
+        for t in dict.fromkeys(texts):
+            req = {"model": route.sent, "embedding_input": t}
+            if route.identity:
+                req["endpoint"] = route.identity
+            keys[t] = (cache_key(req), req)
+            hit = self.cache.get(keys[t][0]) if self.use_cache and self.cache is not None else None
+            if hit is not None and isinstance(hit.get("embedding"), list):
+                out[t] = hit["embedding"]
+                self.usage.record(model, stage, cached=True)
+        todo = [t for t in keys if t not in out]
+        for start in range(0, len(todo), 100):
+            batch = todo[start:start + 100]
+            vectors, p_tok = self._embed_with_retry(route, batch, stage)
+            self.usage.record(model, stage, p_tok, 0)
+            for t, v in zip(batch, vectors):
+                out[t] = v
+                if self.use_cache and self.cache is not None:
+                    self.cache.put(keys[t][0], keys[t][1], {"embedding": v}, stage)
+        return [out[t] for t in texts]
+
+    def _embed_with_retry(self, route: Route, batch: list[str], stage: str):
         import openai
-        client = self._remote_client()
+        s = self.settings
+        attempts = max(1, int(s.max_attempts))
+        last, url = "", None
+        for attempt in range(1, attempts + 1):
+            self.usage.check_budget()
+            try:
+                with self._endpoint_slots(route), self._slots:
+                    url = self._pick_replica(route, url)
+                    failed = True
+                    try:
+                        resp = self._remote_client(route, url).embeddings.create(model=route.sent, input=batch)
+                        failed = False
+                    finally:
+                        self._release_replica(route, url, failed)
+                data = sorted(resp.data, key=lambda d: d.index)
+                if len(data) != len(batch):
+                    raise _Transient("embedding reply with a wrong number of vectors")
+                u = getattr(resp, "usage", None)
+                return [list(d.embedding) for d in data], getattr(u, "prompt_tokens", 0) or 0
+            except openai.APIStatusError as e:
+                if e.status_code in (401, 403):
+                    raise LLMPermanentError(f"{route.where}: authentication failed (HTTP {e.status_code}); check "
+                                            f"{key_setting(self.settings, route.name)}") from None
+                if not (e.status_code in (408, 429) or e.status_code >= 500):
+                    raise LLMPermanentError(f"{route.where}: HTTP {e.status_code}: "
+                                            f"{self._scrub(_error_detail(e))}") from None
+                last, retry_after = f"HTTP {e.status_code}", _retry_after(e)
+            except (openai.APITimeoutError, openai.APIConnectionError, openai.APIResponseValidationError,
+                    _Transient, json.JSONDecodeError, ValueError, KeyError, AttributeError, TypeError) as e:
+                last, retry_after = type(e).__name__, None
+            self.usage.fault(route.name, stage, retried=attempt < attempts)
+            if attempt < attempts and not self._other_replica_up(route, url):
+                delay = retry_after if retry_after is not None else s.retry_base * 2 ** (attempt - 1)
+                time.sleep(min(s.retry_cap, delay))
+        raise LLMUnavailable(f"{route.where}: gave up after {attempts} attempts ({last})")
+
+    def _wants_schema(self, route: Route) -> bool:
+        mode = route.structured_output or self.settings.structured_output
+        if mode == "on":
+            return True
+        if mode == "off":
+            return False
+        return route.sent.lower().startswith(("gpt-4o", "gpt-4.1", "gpt-5", "o3", "o4"))
+
+    def _served_models(self, route: Route, url: str) -> list[str] | None:
+        """What the endpoint's /models lists, or None when it does not answer."""
+        try:
+            client = self._remote_client(route, url).with_options(timeout=min(10.0, route.timeout or 10.0))
+            return sorted(m.id for m in client.models.list())
+        except Exception:
+            return None
+
+    def _remote(self, route: Route, url: str, msgs, max_tokens, temperature, schema, response_format, on_token):
+        import openai
+        client = self._remote_client(route, url)
+        model = route.sent
+        where = f"model '{route.name}'" + (f" ({os.path.basename(route.source) or 'config.json'} "
+                                            f"models[\"{route.entry}\"])" if route.entry else "") + \
+            f" at {redact_url(url) or 'the default OpenAI endpoint'}"
         kwargs = dict(model=model, messages=msgs, temperature=temperature)
         if model.lower().startswith(("o1", "o3", "o4", "gpt-5")):
             kwargs["max_completion_tokens"] = max_tokens
         else:
             kwargs["max_tokens"] = max_tokens
+        schema_key = (route.identity or redact_url(url), model)
         if response_format is not None:
             kwargs["response_format"] = response_format
-        elif schema is not None and model not in self._no_schema and _wants_schema(model, self.settings):
+        elif schema is not None and schema_key not in self._no_schema and self._wants_schema(route):
             kwargs["response_format"] = {"type": "json_schema",
                                          "json_schema": {"name": "output", "schema": schema, "strict": False}}
         try:
@@ -217,30 +404,33 @@ class LLM:
                 p = getattr(u, "prompt_tokens", None) if u else None
                 c = getattr(u, "completion_tokens", None) if u else None
                 return text, p if p is not None else _estimate(msgs), c if c is not None else count_tokens(text)
-            pieces = []
-            for chunk in client.chat.completions.create(stream=True, **kwargs):
-                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                    pieces.append(chunk.choices[0].delta.content)
-                    on_token(chunk.choices[0].delta.content)
-            text = "".join(pieces)
+            text = _read_stream(client.chat.completions.create(stream=True, **kwargs), on_token)
             return text, _estimate(msgs), count_tokens(text)
         except openai.APIStatusError as e:
             status = e.status_code
+            detail = self._scrub(_error_detail(e))
+            low = detail.lower()
+            # An endpoint that rejects the schema we added (llama-cpp-python's server: HTTP 500 naming
+            # response_format) is asked again without it, and this endpoint is remembered.
+            if response_format is None and "response_format" in kwargs and status not in (401, 403, 404, 429) \
+                    and ("response_format" in low or "json_schema" in low or "schema" in low):
+                with self._client_lock:
+                    self._no_schema.add(schema_key)
+                return self._remote(route, url, msgs, max_tokens, temperature, None, None, on_token)
             if status == 429 or status >= 500 or status == 408:
                 raise _Transient(f"HTTP {status}", _retry_after(e)) from None
-            detail = self._scrub(_error_detail(e))
-            if status == 400 and "response_format" in kwargs and ("response_format" in detail or "schema" in detail):
-                self._no_schema.add(model)  # endpoint does not do structured output: ask again without it
-                return self._remote(model, msgs, max_tokens, temperature, None, response_format, on_token)
             if status in (401, 403):
                 raise LLMPermanentError(
-                    f"model '{model}' at {self._endpoint()}: authentication failed (HTTP {status}); "
-                    "check api_key in config.json or OPENAI_API_KEY") from None
+                    f"{where}: authentication failed (HTTP {status}); check "
+                    f"{key_setting(self.settings, route.name)}") from None
             if status == 404:
+                served = self._served_models(route, url)
+                listing = (f"; it serves: {', '.join(served[:20])}" if served else
+                           "; its /models lists nothing" if served == [] else "; its /models did not answer")
                 raise LLMPermanentError(
-                    f"model '{model}' at {self._endpoint()}: not found (HTTP 404): check the model name and base_url"
+                    f"{where}: model '{model}' not found (HTTP 404): check the model name and base_url{listing}"
                 ) from None
-            raise LLMPermanentError(f"model '{model}' at {self._endpoint()}: HTTP {status}: {detail}") from None
+            raise LLMPermanentError(f"{where}: HTTP {status}: {detail}") from None
         except (openai.APITimeoutError, openai.APIConnectionError) as e:
             raise _Transient(type(e).__name__.replace("API", "")) from None
         except openai.APIResponseValidationError:
@@ -250,16 +440,52 @@ class LLM:
             raise _Transient(f"unreadable reply ({type(e).__name__})") from None
 
     def _scrub(self, text: str) -> str:
-        for secret in (self.settings.api_key, self.settings.embedding_api_key):
-            if secret and len(secret) >= 6:
+        secrets = [self.settings.api_key, self.settings.embedding_api_key]
+        for e in (self.settings.models or {}).values():
+            secrets.append(e.get("api_key") or "")
+            if e.get("api_key_env"):
+                secrets.append(os.environ.get(e["api_key_env"], ""))
+        for secret in secrets:
+            if secret and len(secret) >= 6 and secret != NO_KEY:
                 text = text.replace(secret, "***")
-        return text
+        return redact_text(text)
 
 
 class _Transient(Exception):
     def __init__(self, msg: str, retry_after: float | None = None):
         super().__init__(msg)
         self.retry_after = retry_after
+
+
+def _read_stream(stream, on_token) -> str:
+    """The text of a streamed reply, each piece passed to on_token as it arrives.
+
+    A stream that ends without a finish_reason closed before its end (issue 19): it is a transient
+    failure (retried, never cached). on_token may have `discard()` (the pieces shown so far are
+    abandoned) and `finish(reason)` (e.g. 'length': cut at max_tokens) -- chat.py uses both.
+    """
+    pieces, finish = [], None
+    try:
+        for chunk in stream:
+            if not chunk.choices:
+                continue
+            choice = chunk.choices[0]
+            if choice.delta and choice.delta.content:
+                pieces.append(choice.delta.content)
+                on_token(choice.delta.content)
+            if getattr(choice, "finish_reason", None):
+                finish = choice.finish_reason
+    except Exception as e:  # the connection broke mid-stream (the HTTP library's own transport errors)
+        if not type(e).__module__.split(".")[0].startswith(("httpx", "httpcore", "h11")):
+            raise
+        finish = None
+    if finish is None:
+        if pieces and hasattr(on_token, "discard"):
+            on_token.discard()
+        raise _Transient("stream closed before its end")
+    if hasattr(on_token, "finish"):
+        on_token.finish(finish)
+    return "".join(pieces)
 
 
 def _retry_after(e) -> float | None:
@@ -300,12 +526,36 @@ def get_llm() -> LLM:
     return _current
 
 
+def list_endpoints(settings: Settings) -> int:
+    """Print each configured endpoint: URL (no credentials), key set or not (never the key), /models."""
+    llm = LLM(settings, cache=None, use_cache=False)
+    rows = [("(top level)", "")] + [(f'models["{name}"]', name) for name in (settings.models or {})]
+    for label, name in rows:
+        route = entry_route(settings, name or None, name or "(top level)")
+        has_key = bool(route.api_key) and not route.api_key.startswith(PLACEHOLDER_PREFIXES)
+        print(f"{label}: {route.shown}")
+        print(f"  key: {'set' if has_key else 'none (sends EMPTY)' if route.own_endpoint else 'not set'}"
+              + (f"; sends model name '{route.sent}'" if name and route.sent != route.name else "")
+              + (f"; max_connections {route.max_connections}" if route.max_connections else ""))
+        for url in route.base_urls:
+            served = llm._served_models(route, url) if route.usable(PLACEHOLDER_PREFIXES) else None
+            shown = redact_url(url) or "the default OpenAI endpoint"
+            if served is None:
+                print(f"  {shown}: /models does not answer" if route.usable(PLACEHOLDER_PREFIXES)
+                      else f"  {shown}: not checked (no key)")
+            else:
+                print(f"  {shown}: /models serves {len(served)}: {', '.join(served[:30]) or '(none)'}")
+    return 0
+
+
 def main(argv=None) -> int:
     from . import cli
 
     p = argparse.ArgumentParser(prog="python -m coser.llm", description="Send one prompt to a model and print the "
                                 "reply (streaming). Checks configuration, endpoint and cache.")
-    p.add_argument("prompt", help="the user message")
+    p.add_argument("prompt", nargs="?", help="the user message")
+    p.add_argument("--list", action="store_true", help="list the configured endpoints (config.json top level and "
+                   "`models`): URL, whether a key is set, what /models serves; sends no prompt")
     p.add_argument("--model", default=LOCAL_MODEL, help="model name; 'local' = embedded SmolLM2 (default)")
     p.add_argument("--system", default=None, help="optional system prompt")
     p.add_argument("--max_tokens", type=int, default=256)
@@ -313,6 +563,10 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object with the reply, usage and cache status")
     cli.add_common_args(p, workers=False)
     args = p.parse_args(argv)
+    if args.list:
+        return list_endpoints(load_settings(args.config))
+    if args.prompt is None:
+        p.error("the prompt is required (or give --list)")
     llm = cli.setup(args)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}]
@@ -321,7 +575,7 @@ def main(argv=None) -> int:
         cached = (not args.no_cache) and llm.was_cached(args.model, messages, **kw)
         t0 = time.time()
         text = llm.chat(args.model, messages, **kw)
-        print(json.dumps({"model": args.model, "endpoint": "embedded" if is_local(args.model) else llm._endpoint(),
+        print(json.dumps({"model": args.model, "endpoint": llm.endpoint_info(args.model)["endpoint"],
                           "content": text, "cached": cached, "seconds": round(time.time() - t0, 3),
                           "usage": llm.usage.totals()}, ensure_ascii=False, indent=2))
     else:

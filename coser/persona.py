@@ -7,13 +7,10 @@ between this tool and the role-play front ends people already use.
 """
 from __future__ import annotations
 
-import base64
 import dataclasses
 import difflib
-import json
 import os
 import random
-import struct
 from string import Template
 
 from .errors import InputError
@@ -54,6 +51,7 @@ class Persona:
     structured: bool = True         # False: a raw prompt used verbatim, as the reference chat.py did
     greet: bool = False             # open the chat with first_mes (cards); a book line out of context would not fit
     origin: dict = dataclasses.field(default_factory=dict)
+    card: dict = dataclasses.field(default_factory=dict)  # an imported card's data, kept as read (re-export)
 
     def system_prompt(self, model: str) -> str:
         """The system message actually sent (GCA agent construction for structured personas)."""
@@ -100,6 +98,51 @@ def book_files(book_data: str) -> list[tuple[str, str]]:
                  if name.endswith(".json") and not name.startswith("."))
     if not out:
         raise InputError(f"{book_data}: no .json book files in this folder")
+    return out
+
+
+def default_book_data() -> str:
+    """data/final when present, else the published book files (../shared/coser-data/final), from here or the repo."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for base in (os.curdir, repo):
+        for parts in (("data", "final"), (os.pardir, "shared", "coser-data", "final")):
+            path = os.path.join(base, *parts)
+            if os.path.isdir(path):
+                return os.path.normpath(path) if base == os.curdir else os.path.relpath(path)
+    return os.path.join("data", "final")
+
+
+def list_characters(book_data: str, search: str | None = None) -> list[dict]:
+    """Books and their characters with utterance and conversation counts, best first.
+
+    search matches a book title or a character name (case-insensitive); books rank by their
+    best character, characters by utterances, then conversations.
+    """
+    files = book_files(book_data)
+    out = []
+    for name, path in files:
+        try:
+            data = load_book(path)
+        except InputError:
+            if len(files) == 1:
+                raise
+            continue  # other JSON in the folder (test sets, run records)
+        needle = (search or "").lower()
+        book_hit = bool(needle) and needle in name.lower()
+        chars = []
+        for cname, entry in data["character_datasets"].items():
+            if not isinstance(entry, dict) or cname == "Environment":
+                continue
+            if needle and not book_hit and needle not in cname.lower():
+                continue
+            utter = len([u for u in entry.get("utterances") or [] if isinstance(u, dict)])
+            convs = len([c for c in entry.get("conversations") or [] if isinstance(c, dict)])
+            chars.append({"name": cname, "utterances": utter, "conversations": convs})
+        if not chars:
+            continue
+        chars.sort(key=lambda c: (-c["utterances"], -c["conversations"], c["name"]))
+        out.append({"book": name, "path": path, "characters": chars})
+    out.sort(key=lambda b: (-b["characters"][0]["utterances"], b["book"]))
     return out
 
 
@@ -285,7 +328,9 @@ def build_book_persona(book_data: str, character: str, book: str | None = None, 
                                   thoughtless=thoughtless, other_character_profiles=others,
                                   exclude_plot_summary=True, fixed_template=True,
                                   add_output_example="coser" not in model.lower(), rng=random.Random(0))
-    openers = greetings(data, name)
+    from .cards import checked_greetings
+
+    openers = checked_greetings(data, name)[0]
     return Persona(name=name, prompt=prompt, source="book", book=book_name, scenario=scene["scenario"],
                    description=description, profile=profile, first_mes=openers[0] if openers else "",
                    alternate_greetings=openers[1:], mes_example=example_dialogue(data, name),
@@ -350,81 +395,30 @@ def raw_persona(prompt: str, source: str, name: str = "") -> Persona:
 
 
 # ---- Character Card V2 ---------------------------------------------------------------------------
-def to_card(persona: Persona) -> dict:
-    """SillyTavern Character Card V2 for a book persona."""
-    return {
-        "spec": "chara_card_v2",
-        "spec_version": "2.0",
-        "data": {
-            "name": persona.name,
-            "description": persona.profile,
-            "personality": persona.description,
-            "scenario": persona.scenario,
-            "first_mes": persona.first_mes,
-            "mes_example": persona.mes_example,
-            "creator_notes": CARD_CREATOR_NOTES.substitute(book=persona.book),
-            "system_prompt": persona.prompt.strip("\n"),
-            "post_history_instructions": "",
+def to_card(persona: Persona, spec: str = "v2") -> dict:
+    """A Character Card (V2 or V3) for a persona: built from the book for book personas (coser.cards)."""
+    from .cards import book_card, card_dict, tidy
+
+    if persona.card:
+        return card_dict(persona.card, spec)
+    if persona.source == "book" and persona.origin.get("book_data"):
+        return card_dict(book_card(persona.origin["book_data"], persona.name, persona.book or None)[0], spec)
+    data = {"name": persona.name, "description": tidy(persona.profile or persona.prompt),
+            "personality": tidy(persona.description) if persona.profile else "", "scenario": tidy(persona.scenario),
+            "first_mes": tidy(persona.first_mes), "mes_example": tidy(persona.mes_example),
+            "creator_notes": CARD_CREATOR_NOTES.substitute(book=persona.book) if persona.book else "",
+            "system_prompt": "", "post_history_instructions": "",
             "alternate_greetings": list(persona.alternate_greetings),
-            "tags": ["CoSER", persona.book] if persona.book else ["CoSER"],
-            "creator": "CoSER chat.py",
-            "character_version": "1.0",
-            "extensions": {"coser": {"book": persona.book, "character": persona.name, "source": persona.source,
-                                     **persona.origin}},
-        },
-    }
-
-
-def _png_card(path: str, raw: bytes) -> dict:
-    """The JSON inside a PNG card's tEXt chunk ('ccv3' preferred over 'chara', as front ends do)."""
-    pos, found = 8, {}
-    while pos + 8 <= len(raw):
-        length, kind = struct.unpack(">I4s", raw[pos:pos + 8])
-        body = raw[pos + 8:pos + 8 + length]
-        if kind == b"tEXt" and b"\0" in body:
-            key, _, value = body.partition(b"\0")
-            found[key.decode("latin-1")] = value
-        pos += 12 + length
-    for key in ("ccv3", "chara"):
-        if key in found:
-            try:
-                return json.loads(base64.b64decode(found[key]).decode("utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                raise InputError(f"{path}: PNG text chunk '{key}' is not base64 JSON") from None
-    raise InputError(f"{path}: PNG has no character card ('chara' text chunk)")
+            "tags": ["CoSER", persona.book] if persona.book else ["CoSER"], "creator": "CoSER chat.py",
+            "character_version": "1.0", "extensions": {"coser": {"source": persona.source, **persona.origin}}}
+    return card_dict(data, spec)
 
 
 def read_card(path: str) -> dict:
-    """The card's data fields (V2/V3 'data' object, or a flat V1 card)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except FileNotFoundError:
-        raise InputError(f"{path}: --card file not found") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read --card ({e.strerror})") from None
-    if head == b"\x89PNG\r\n\x1a\n":
-        with open(path, "rb") as f:
-            card = _png_card(path, f.read())
-    else:
-        card = read_json(path, "character card")
-    if not isinstance(card, dict):
-        raise InputError(f"{path}: a character card must be a JSON object")
-    if "spec" in card:
-        if card["spec"] not in ("chara_card_v2", "chara_card_v3"):
-            raise InputError(f"{path}: field 'spec' is {card['spec']!r}, expected 'chara_card_v2'")
-        data = card.get("data")
-        if not isinstance(data, dict):
-            raise InputError(f"{path}: field 'data' missing or not an object")
-    else:
-        data = card  # V1: the fields sit at the top level
-    name = data.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise InputError(f"{path}: field 'data.name' missing or empty")
-    for key in ("description", "personality", "scenario", "first_mes", "mes_example", "system_prompt"):
-        if data.get(key) is not None and not isinstance(data[key], str):
-            raise InputError(f"{path}: field 'data.{key}' must be a string")
-    return data
+    """The card's data fields (V2/V3 'data' object, or a V1 card's fields), from JSON or PNG."""
+    from .cards import load_card
+
+    return load_card(path)[1]
 
 
 def _macros(text: str, name: str, user: str) -> str:
@@ -434,22 +428,25 @@ def _macros(text: str, name: str, user: str) -> str:
 
 
 def card_persona(path: str, user_role: str | None = None, thoughtless: bool = False) -> Persona:
-    """Play a card: its own system prompt if it has one, else our profile/scenario layout."""
+    """Play a card as front ends do: its profile, scenario and examples, under its system prompt if any.
+
+    A card's `system_prompt` replaces only our requirements section (as SillyTavern's main prompt
+    does); the profile and scene are still given, so a card that keeps them apart is played whole.
+    """
     data = read_card(path)
     name = data["name"].strip()
     user = user_role or "User"
     fill = lambda key: _macros(str(data.get(key) or ""), name, user).strip()  # noqa: E731
     description = "\n\n".join(x for x in (fill("description"), fill("personality")) if x)
-    if fill("system_prompt"):
-        prompt = fill("system_prompt")
-    else:
-        prompt = CARD_PROMPT.substitute(
-            name=name, description=description,
-            scenario_part=CARD_SCENARIO.substitute(scenario=fill("scenario")) if fill("scenario") else "",
-            examples_part=CARD_EXAMPLES.substitute(examples=fill("mes_example")) if fill("mes_example") else "",
-            output_format=output_format(thoughtless))
+    prompt = CARD_PROMPT.substitute(
+        name=name, description=description,
+        scenario_part=CARD_SCENARIO.substitute(scenario=fill("scenario")) if fill("scenario") else "",
+        examples_part=CARD_EXAMPLES.substitute(examples=fill("mes_example")) if fill("mes_example") else "",
+        output_format=fill("system_prompt") or output_format(thoughtless))
     ext = data.get("extensions") if isinstance(data.get("extensions"), dict) else {}
     book = str((ext.get("coser") or {}).get("book") or "") if isinstance(ext.get("coser"), dict) else ""
     return Persona(name=name, prompt=prompt, source="card", book=book, scenario=fill("scenario"),
                    description=fill("personality"), profile=fill("description"), first_mes=fill("first_mes"),
-                   mes_example=fill("mes_example"), greet=bool(fill("first_mes")), origin={"card": path})
+                   alternate_greetings=[_macros(g, name, user) for g in data.get("alternate_greetings") or []],
+                   mes_example=fill("mes_example"), greet=bool(fill("first_mes")), origin={"card": path},
+                   card=data)

@@ -1,6 +1,7 @@
 """Token usage, cache hits, faults and cost per model and stage, with an optional --max_cost stop."""
 from __future__ import annotations
 
+import fnmatch
 import threading
 from collections import defaultdict
 
@@ -36,6 +37,9 @@ class Usage:
 
     def cost_of(self, model: str, prompt_tokens: float, completion_tokens: float) -> float | None:
         p = self.prices.get(model)
+        if not p:  # a glob from the models table ("gpt-4o*"), first match in file order
+            p = next((v for k, v in self.prices.items() if any(c in k for c in "*?[")
+                      and fnmatch.fnmatchcase(model, k)), None)
         if not p:
             return None
         return (prompt_tokens * p["input"] + completion_tokens * p["output"]) / 1e6

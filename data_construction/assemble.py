@@ -77,7 +77,7 @@ class Checkpoint:
                 old = json.load(f)
             if old.get("fingerprint") == fingerprint:
                 self.data = old
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             pass
 
     def put(self, section: str, key, value) -> None:
@@ -218,12 +218,15 @@ def build_name_map(names: list[str], reply: dict | None) -> tuple[list[str], dic
 
 
 # ---- step 7: profiles ------------------------------------------------------------------
-def profile_input(name: str, plots: list[dict], involved: list[int]) -> list[dict]:
+def profile_input(name: str, plots: list[dict], involved: list[int], protocol: str = "fixed") -> list[dict]:
+    """Plot infos of a character's profile prompt. Two entries of one name in a plot: `reference`
+    uses the last (PROTOCOL 11), `fixed` the first."""
     infos = []
     for i_p in involved:
         plot = plots[i_p]
         info = {"plot": plot.get("summary")}
-        exp = next((kc for kc in plot.get("key_characters") or [] if _kc_name(kc) == name), None)
+        same = [kc for kc in plot.get("key_characters") or [] if _kc_name(kc) == name]
+        exp = (same[-1] if protocol == "reference" else same[0]) if same else None
         if exp is not None:
             info["character_experience"] = _public({k: v for k, v in exp.items() if k != "i_p"})
         # The reference compared the name with a list of dicts (always False); we include
@@ -256,7 +259,7 @@ def final_path(out_dir: str, title: str) -> str:
 
 
 def assemble_book(llm, title: str, extracted: dict, out_dir: str, model: str, candidate_model: str,
-                  num_workers: int = 1) -> tuple[dict, dict]:
+                  num_workers: int = 1, protocol: str = "fixed") -> tuple[dict, dict]:
     """Build final/{title}.json from the extracted data; returns (final, stats)."""
     data = copy.deepcopy(extracted)
     fp = hashlib.sha256(json.dumps([data, model, candidate_model], sort_keys=True,
@@ -333,7 +336,7 @@ def assemble_book(llm, title: str, extracted: dict, out_dir: str, model: str, ca
         if name not in ck.data["profiles"]:
             d = datasets[name]
             involved = sorted({e[0] for lst in d.values() for e in lst if e[0] < split_index})
-            text = write_profile(llm, model, title, name, language, profile_input(name, plots, involved))
+            text = write_profile(llm, model, title, name, language, profile_input(name, plots, involved, protocol))
             ck.put("profiles", name, text)
         return ck.data["profiles"][name]
 

@@ -95,9 +95,61 @@ def carry_over(chunk: str, sentence: str) -> str:
     return remaining[nl + 1:] if nl != -1 else remaining
 
 
+PLOT_FIELDS = ["chapter_title", "first_sentence", "last_sentence", "summary", "prominence", "key_characters",
+               "conversation", "state"]
+
+
+def structural_problem(value) -> str | None:
+    """Why a parsed extraction reply is not a complete one, or None (issue 14 item 10, both protocols).
+
+    A reply cut off by the token limit and closed by local JSON repair must not be kept as data: it
+    lacks the trailing keys (next_chunk_start, a plot's state) or leaves a fragment where an object
+    belongs. Required fields, types and the plot state are checked here; anchoring in parse_response."""
+    if isinstance(value, list):
+        value = {"chapter_beginnings": [], "plots": value, "next_chunk_start": None}
+    if not isinstance(value, dict):
+        return "reply is not an object"
+    for key in ("plots", "next_chunk_start"):
+        if key not in value:
+            return f"missing {key!r}"
+    if not isinstance(value["plots"], list):
+        return "'plots' is not a list"
+    if value["next_chunk_start"] is not None and not isinstance(value["next_chunk_start"], str):
+        return "'next_chunk_start' is not a string or null"
+    for k, p in enumerate(value["plots"]):
+        if not isinstance(p, dict):
+            return f"plot {k} is not an object"
+        for key in PLOT_FIELDS:
+            if key not in p:
+                return f"plot {k}: missing {key!r}"
+        if p["state"] is not None and not isinstance(p["state"], str):
+            return f"plot {k}: state is not a string"
+        for key in ("first_sentence", "last_sentence", "summary", "chapter_title"):
+            if not isinstance(p[key], str):
+                return f"plot {k}: {key} is not a string"
+        if p["key_characters"] is not None and not isinstance(p["key_characters"], list) or not all(isinstance(c, dict) and isinstance(c.get("name"), str)
+                                                                for c in p["key_characters"] or []):
+            return f"plot {k}: key_characters must be a list of named objects"
+        if p["conversation"] is not None and not isinstance(p["conversation"], list):
+            return f"plot {k}: conversation is not a list"
+        for j, conv in enumerate(p["conversation"] or []):
+            if not isinstance(conv, dict) or not isinstance(conv.get("dialogues"), list):
+                return f"plot {k} conversation {j}: no dialogues list"
+            for u in conv["dialogues"]:
+                if not (isinstance(u, dict) and isinstance(u.get("character"), str)
+                        and isinstance(u.get("message"), str)):
+                    return f"plot {k} conversation {j}: an utterance is not a character/message object"
+    return None
+
+
 def parse_response(value, chunk: str, notes: list | None = None):
     """(chapter_beginnings, plots, remaining_chunk) from a parsed reply; raises to reject it."""
     notes = notes if notes is not None else []
+    if isinstance(value, dict) and "first_sentence" in value:
+        value = [value]
+    problem = structural_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     value = normalize_shape(value)
     sentences = split_sentences(chunk)
     remaining = ""
@@ -366,7 +418,7 @@ def _load_state(path: str, fp: str) -> dict:
             state = json.load(f)
         if state.get("version") == PROGRESS_VERSION and state.get("fingerprint") == fp:
             return state
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         pass   # a missing or stale checkpoint means starting the book over (the cache still helps)
     return _fresh_state(fp)
 
@@ -380,10 +432,63 @@ def _chunk_bar(total: int, done: int, title: str):
                 leave=False, dynamic_ncols=True, disable=total <= 1)
 
 
-def extract_book(llm, book: dict, chunks: list[str], out_dir: str, model: str, on_chunk=None) -> dict:
+def reference_extract_chunk(llm, model: str, prompt: str, chunk_text: str):
+    """PROTOCOL 10.1-10.4: (chapter_beginnings, plots, remaining) or a JsonFailure.
+
+    The reference's extraction (longest decodable JSON value, one cached repair request to the
+    hard-wired repair model, the reference acceptance), plus item 10's structural check: a value that
+    is not a complete reply is rejected and regenerated like any other unusable reply."""
+    from coser import protocol as PR
+    from coser.jsonio import COPYRIGHT_ACCEPT, COPYRIGHT_OFFER
+
+    # The reference hard-wires its repair model; used when config.json routes it, else the extraction
+    # model repairs (README, Compatibility / protocols).
+    settings = getattr(llm, "settings", None)
+    repair_model = PR.REPAIR_MODEL if PR.REPAIR_MODEL in (getattr(settings, "models", None) or {}) else model
+    base = [{"role": "user", "content": prompt}]
+    current, repaired, longest, reason = base, {}, None, "no reply"
+    n, attempts = 0, 0
+    while n < PR.ATTEMPTS:
+        attempts += 1
+        raw = llm.chat(model, current, max_tokens=PR.extraction_max_tokens(model), nth_generation=n, stage="extract")
+        current = base
+        if len(raw.split(" ")) < 100 and "reproduce" in raw and "copyright" in raw:
+            current = base + [{"role": "assistant", "content": COPYRIGHT_OFFER},
+                              {"role": "user", "content": COPYRIGHT_ACCEPT}]
+            n += 1
+            continue
+        value = PR.extract_json(raw)
+        if value is None:
+            if raw not in repaired:
+                fix = REPAIR_TRUNCATED_PROMPT + raw
+                repaired[raw] = PR.extract_json(llm.chat(repair_model, fix, max_tokens=8192, temperature=0,
+                                                         stage="extract-repair"))
+            value = repaired[raw]
+        if value is None:
+            reason = "reply is not JSON"
+            n += 1
+            continue
+        if longest is None or len(raw) > len(longest):
+            longest = raw
+        accepted = PR.accept_extraction(value, chunk_text)
+        shape = value if not isinstance(value, dict) or "first_sentence" not in value else [value]
+        problem = structural_problem(shape) if accepted is not None else "rejected by the reference acceptance"
+        if accepted is not None and problem is None:
+            return accepted
+        reason = f"invalid: {problem}"
+        n += 1
+    return JsonFailure(raw=longest, reason=reason, attempts=attempts)
+
+
+REPAIR_TRUNCATED_PROMPT = ("The JSON text below was cut off before its end. Complete it as valid JSON, keeping "
+                           "everything already written, and return only the JSON.\n\n")
+
+
+def extract_book(llm, book: dict, chunks: list[str], out_dir: str, model: str, on_chunk=None,
+                 protocol: str = "fixed") -> dict:
     """Run (or resume) extraction for one book; writes extracted/{title}.json and returns it."""
     title, author = book["title"], book["author"]
-    fp = _fingerprint(chunks, model, title, author)
+    fp = _fingerprint(chunks, model + ("" if protocol == "fixed" else f"|protocol={protocol}"), title, author)
     ppath = progress_path(out_dir, title)
     state = _load_state(ppath, fp)
     bar = _chunk_bar(len(chunks), state["next_chunk"], title)
@@ -397,10 +502,13 @@ def extract_book(llm, book: dict, chunks: list[str], out_dir: str, model: str, o
             del _notes[:]  # only the accepted attempt's notes count
             return parse_response(value, _chunk, _notes)
 
-        out = get_json(llm, model, [{"role": "user", "content": prompt}], validate=validate,
-                       schema=local_schema(chunk_text) if is_local(model) else EXTRACTION_SCHEMA,
-                       repair="truncated", repair_model=model,
-                       copyright_retry=True, stage="extract")
+        if protocol == "reference":
+            out = reference_extract_chunk(llm, model, prompt, chunk_text)
+        else:
+            out = get_json(llm, model, [{"role": "user", "content": prompt}], validate=validate,
+                           schema=local_schema(chunk_text) if is_local(model) else EXTRACTION_SCHEMA,
+                           repair="truncated", repair_model=model,
+                           copyright_retry=True, stage="extract")
         if isinstance(out, JsonFailure):
             # Reference re-created this list per chunk and so kept only the last failure.
             state["fail_to_parse_responses"].append(out.raw)
@@ -422,6 +530,8 @@ def extract_book(llm, book: dict, chunks: list[str], out_dir: str, model: str, o
             if st == "truncated":
                 carried.append(p)
                 continue
+            if st != "finished" and protocol == "reference":
+                continue  # PROTOCOL 10.5: any other state is dropped
             if st != "finished":
                 # Reference dropped these plots silently; we keep them as finished and say so.
                 state["extraction_notes"].append({"i_chunk": i, "kind": "unknown_state", "detail": repr(st)[:80]})
@@ -448,7 +558,7 @@ def extract_book(llm, book: dict, chunks: list[str], out_dir: str, model: str, o
         p["i_chunk"] = reference_i_chunk(p.get("text", ""), chunks, where)
         plots.append(p)
     plots.sort(key=lambda p: p["i_chunk"])   # stable, as the reference's restore step sorts
-    result = {"chapter_beginnings": state["chapter_beginnings"], "plots": plots,
+    result = {"protocol": protocol, "chapter_beginnings": state["chapter_beginnings"], "plots": plots,
               "fail_to_parse_responses": state["fail_to_parse_responses"],
               "extraction_notes": state["extraction_notes"], "n_chunks": len(chunks)}
     atomic_write_json(extracted_path(out_dir, title), result)

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only these books (original or sanitized title)")
     p.add_argument("--dry_run", action="store_true",
                    help="no LLM call: print chapters, chunks, tokens, calls and cost; write chunks/{title}.jsonl")
+    p.add_argument("--protocol", choices=["reference", "fixed"], default="reference",
+                   help="extraction protocol: 'reference' reproduces the reference's parsing and acceptance, "
+                        "'fixed' this toolkit's (README 'Compatibility / protocols') (default %(default)s)")
     cli.add_common_args(p)
     return p
 
@@ -149,13 +152,13 @@ def process_book(llm, book: dict, args) -> dict:
             cli.notice(f"{xpath} covers {done} chunks, this run plans {len(chunks)} "
                        "(e.g. an earlier --limit_chunks trial): kept as is; use --regenerate to redo it")
     else:
-        extracted = extract_book(counter, book, chunks, args.output_dir, args.model)
+        extracted = extract_book(counter, book, chunks, args.output_dir, args.model, protocol=args.protocol)
     fpath = final_path(args.output_dir, title)
     if os.path.exists(fpath) and not args.regenerate:
         final, astats = read_json(fpath, "final file"), {}
     else:
         final, astats = assemble_book(counter, title, extracted, args.output_dir, args.model, args.candidate_model,
-                                      args.num_workers)
+                                      args.num_workers, protocol=args.protocol)
     convs = [c for p in final["plots"] for c in p.get("conversation") or []]
     ratios = [c["grounded_ratio"] for c in convs if isinstance(c.get("grounded_ratio"), (int, float))]
     return {
@@ -204,10 +207,29 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
         return 2 if errors else 0
     llm = cli.setup(args)
+    from coser import runspec as RS
     from coser.pool import map_ordered
 
-    results = map_ordered(lambda b: process_book(llm, b, args), books, args.num_workers, desc="books",
-                          return_exceptions=True)
+    # One construction per output folder at a time (a second copy waits, then reuses what the first wrote);
+    # a record of this invocation under {output_dir}/runs/ and a readable log where the CoSER README
+    # points: data_construction/main.log in the repo folder, as the reference (else {output_dir}/runs/main.log).
+    lock = RS.DirLock(args.output_dir).acquire()
+    log_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "main.log")
+    if not os.access(os.path.dirname(log_path), os.W_OK):
+        log_path = os.path.join(args.output_dir, "runs", "main.log")
+    record = RS.RunRecord(args.output_dir, "construction", log_path=log_path)
+    record.data["spec"] = RS.build_spec("construction", llm, {"model": args.model,
+                                                              "candidate": args.candidate_model},
+                                        {"chunk_size": args.chunk_size, "limit_chunks": args.limit_chunks},
+                                        {"path": args.input, "books": [b["title"] for b in books]},
+                                        getattr(args, "protocol", "reference"))
+    try:
+        results = map_ordered(lambda b: process_book(llm, b, args), books, args.num_workers, desc="books",
+                              return_exceptions=True)
+    except BaseException:
+        record.save(llm, status="stopped")
+        lock.release()
+        raise
     rows = []
     for b, r in zip(books, results):
         if isinstance(r, CoserError):
@@ -220,9 +242,19 @@ def main(argv=None) -> int:
             print(f"error: {b['title']}: unexpected {type(r).__name__}: {r}", file=sys.stderr)
         else:
             rows.append(r)
+            if r.get("failures"):
+                record.log.warning("%s: %d unusable replies (rejected and regenerated, or left out)",
+                                   r["title"], r["failures"])
+    for e in errors:
+        record.log.error("%s", e)
     if rows:
         print_summary(rows)
     cli.finish(args.output_dir, args, "construction", extra={"books": rows, "errors": errors})
+    for r in rows:
+        record.add(output=final_path(args.output_dir, r["title"]), seconds=r.get("seconds"))
+    record.data["books"] = rows
+    record.save(llm, status="finished with errors" if errors else "finished")
+    lock.release()
     return 2 if errors else 0
 
 

@@ -185,8 +185,10 @@ def prepare_conversation(book, i_p, i_c, conv, profiles, stats) -> bool:
     return True
 
 
-def character_samples(book, plot, conv, profiles, thoughtless, with_others, rng):
-    """(kind, speaker, chat) for every speaker of one conversation in one mode pass, plus NSP."""
+def character_samples(book, plot, conv, profiles, thoughtless, with_others, rng, protocol="fixed"):
+    """(kind, speaker, chat) for every speaker of one conversation in one mode pass, plus NSP.
+
+    Two plot entries with one name: `reference` uses the first (PROTOCOL 11), `fixed` the last."""
     speaking = conv["speaking_characters_w_env"]
     major = conv["major_characters"]
     # None or missing text becomes '' rather than crashing the whole book.
@@ -194,6 +196,11 @@ def character_samples(book, plot, conv, profiles, thoughtless, with_others, rng)
     scenario = str(conv.get("scenario") or "")
     scenario_str = scenario + "\n" + summary if rng.random() < 0.5 else scenario
     plot_kcs = {kc["name"]: kc for kc in plot["key_characters"] if isinstance(kc["name"], str)}
+    if protocol == "reference":
+        plot_kcs = {}
+        for kc in plot["key_characters"]:
+            if isinstance(kc["name"], str):
+                plot_kcs.setdefault(kc["name"], kc)
     conv_kcs = {}
     for kc in conv["key_characters"]:
         if isinstance(kc["name"], str):
@@ -256,7 +263,7 @@ def conversation_weight(conv: dict, weights: dict) -> float:
         return 1
 
 
-def process_book(path: str, book: str, rng: random.Random):
+def process_book(path: str, book: str, rng: random.Random, protocol: str = "fixed"):
     """Training samples (train plots only) and the held-out entry of one final file.
 
     A book that lacks its plots or character data is skipped: the reason string is returned.
@@ -297,7 +304,7 @@ def process_book(path: str, book: str, rng: random.Random):
                 if not prepare_conversation(book, i_p, i_c, conv, profiles, stats):
                     continue
                 for kind, _, chat in character_samples(book, plot, conv, profiles, thoughtless,
-                                                       with_others, rng):
+                                                       with_others, rng, protocol):
                     if i_p >= split_index:
                         continue
                     # The 0.1 draw happens only for train plots, as in the reference.
@@ -406,7 +413,7 @@ def list_final_files(final_dir: str) -> list:
 
 
 def transform(data_dir: str, seed: int = DEFAULT_SEED, test_per_split: int = 100,
-              drop_trailing_human: bool = False) -> dict:
+              drop_trailing_human: bool = False, protocol: str = "fixed") -> dict:
     """Run the whole transform; returns the counts that main() prints."""
     final_dir = os.path.join(data_dir, "final")
     files = list_final_files(final_dir)
@@ -416,7 +423,7 @@ def transform(data_dir: str, seed: int = DEFAULT_SEED, test_per_split: int = 100
     report = {"books": [], "modes": Counter(), "skipped_books": 0, "skipped_conversations": 0}
     for i_b, name in enumerate(files):
         book = os.path.splitext(name)[0]
-        result = process_book(os.path.join(final_dir, name), book, rng)
+        result = process_book(os.path.join(final_dir, name), book, rng, protocol)
         if isinstance(result, str):
             report["skipped_books"] += 1
             report.setdefault("skip_reasons", []).append(result)
@@ -499,10 +506,33 @@ def main(argv=None) -> int:
     parser.add_argument("--drop_trailing_human", action="store_true",
                         help="drop a sample's final human turn(s), which carry no target, so that "
                              "LLaMA-Factory accepts every sample (off: the reference's layout)")
+    parser.add_argument("--protocol", choices=["reference", "fixed"], default="reference",
+                        help="which of two same-name key-character entries a sample uses: 'reference' the "
+                             "first, 'fixed' the last (README 'Compatibility / protocols') (default %(default)s)")
     args = parser.parse_args(argv)
     if args.test_per_split < 0:
         parser.error("--test_per_split must be >= 0")
-    report = transform(args.dir, args.seed, args.test_per_split, args.drop_trailing_human)
+    if not 0 <= args.seed <= 2**32 - 1:   # numpy's RandomState (the reference's test picks) takes no other seed
+        parser.error(f"--seed must be between 0 and {2**32 - 1}, got {args.seed}")
+    if not os.path.isdir(args.dir):
+        report = transform(args.dir, args.seed, args.test_per_split, args.drop_trailing_human, args.protocol)
+    else:
+        from coser import runspec as RS
+        with RS.DirLock(args.dir):  # one transform per data folder at a time
+            record = RS.RunRecord(args.dir, "transform")
+            record.data["spec"] = {"spec_version": RS.SPEC_VERSION, "stage": "transform", "protocol": args.protocol,
+                                   "settings": {"seed": args.seed, "test_per_split": args.test_per_split,
+                                                "drop_trailing_human": args.drop_trailing_human},
+                                   "toolkit": RS.toolkit_info()}
+            try:
+                report = transform(args.dir, args.seed, args.test_per_split, args.drop_trailing_human, args.protocol)
+            except BaseException as e:
+                record.log.error("stopped: %s", e)
+                record.save(status="stopped")
+                raise
+            record.add(output=os.path.join(args.dir, "test", "test_set.json"))
+            record.add(output=os.path.join(args.dir, "train", "sft_sharegpt.json"))
+            record.save()
     report["trimmed"] = args.drop_trailing_human
     print_report(report, args.dir)
     return 0

@@ -6,7 +6,9 @@ keeps the raw reply and the reason, and is left out of every average (never a gu
 from __future__ import annotations
 
 import os
+import re
 
+from coser import protocol as PR
 from coser.errors import InputError, LLMUnavailable
 from coser.jsonio import JsonFailure, get_json
 from coser.prompts import ENVIRONMENT, NSP
@@ -17,13 +19,14 @@ from . import prompts as P
 DIMENSIONS = P.DIMENSIONS
 
 
-def case_messages(record: dict) -> tuple[list[dict], list[dict]]:
+def case_messages(record: dict, protocol: str = "fixed") -> tuple[list[dict], list[dict]]:
     """(simulation without NSP turns, reference dialogue), thoughts removed except for Environment."""
+    strip = PR.evaluation_copy if protocol == "reference" else (lambda t: remove_inner_thoughts(t, eval_mode=True))
     sim = [{"role": m["role"], "content": m["content"] if m["role"] == ENVIRONMENT
-            else remove_inner_thoughts(m["content"], eval_mode=True)}
+            else strip(m["content"])}
            for m in record["simulation"] if m["role"] != NSP]
     ref = [{"character": u["character"], "message": u["message"] if u["character"] == ENVIRONMENT
-            else remove_inner_thoughts(u["message"], eval_mode=True)}
+            else strip(u["message"])}
            for u in record["circumstance"]["dialogues"]]
     return sim, ref
 
@@ -72,16 +75,72 @@ class _SeeOutage:
             self.outage = e
             raise
 
+    def __getattr__(self, name):  # reject() etc. pass through (get_json marks failed replies)
+        return getattr(self.llm, name)
 
-def judge_case(llm, record: dict, judge_model: str, continue_from: int = 0, stage: str = "judge") -> dict:
-    """Evaluate one simulation record; returns the case entry of the evaluation file."""
+
+def reference_judge_prompt(dimension: str, book: str, plot_summary: str, scenario: str, character_profiles: str,
+                           original_conversation: str, major_characters: list, additional_instructions: str) -> str:
+    """PROTOCOL 4: chained replace-all substitutions, criteria last, so the Character Fidelity
+    criteria's main-characters placeholder reaches the judge unfilled ("{major_characters}")."""
+    def braces(template_text: str) -> str:
+        return re.sub(r"\$(\w+)", r"{\1}", template_text)
+    text = braces(P.JUDGE_PROMPT.template)
+    steps = [("book", book), ("plot_summary", plot_summary), ("scenario", scenario),
+             ("character_profiles", character_profiles), ("original_conversation", original_conversation),
+             ("major_characters", ", ".join(major_characters)), ("additional_instructions", additional_instructions),
+             ("dimension_name", dimension), ("dimension_brief", P.DIMENSION_BRIEFS[dimension]),
+             ("dimension_criteria", braces(P.DIMENSION_CRITERIA[dimension].template))]
+    for name, value in steps:
+        text = text.replace("{" + name + "}", value)
+    return text
+
+
+def reference_judgment(llm, judge_model: str, messages: list[dict], dimension: str, stage: str):
+    """PROTOCOL 2.2-2.5: up to 6 attempts (temperature 0 then 1), no schema, max_tokens 8196, one
+    cached repair request per unusable reply. Returns (accepted object or None after 6 rejections,
+    longest raw reply)."""
+    from coser.scene import _accepts_keep_reasoning
+
+    kw = {"keep_reasoning": True} if _accepts_keep_reasoning(llm) else {}
+    repaired: dict = {}
+    longest = None
+    for nth in range(PR.ATTEMPTS):
+        reply = llm.chat(judge_model, messages, max_tokens=PR.JUDGE_MAX_TOKENS, nth_generation=nth, stage=stage, **kw)
+        if reply and (longest is None or len(reply) > len(longest)):
+            longest = reply
+        value = PR.extract_json(reply)
+        if value is None:
+            if reply not in repaired:
+                fix = [{"role": "user", "content": JSON_FIX_PROMPT + reply}]
+                repaired[reply] = PR.extract_json(llm.chat(judge_model, fix, max_tokens=PR.JUDGE_MAX_TOKENS,
+                                                           temperature=0, stage=stage + "_fixjson", **kw))
+            value = repaired[reply]
+        if PR.validate_judgment(value):
+            return value, longest
+        if hasattr(llm, "reject"):  # issue 19: a rerun asks again instead of serving this reply as good
+            llm.reject(judge_model, messages, max_tokens=PR.JUDGE_MAX_TOKENS, nth_generation=nth, **kw)
+    return None, longest
+
+
+JSON_FIX_PROMPT = ("The text below was meant to be a JSON object but could not be parsed. Return only the "
+                   "corrected JSON object, with nothing else.\n\n")
+
+
+def judge_case(llm, record: dict, judge_model: str, continue_from: int = 0, stage: str = "judge",
+               protocol: str = "fixed") -> dict:
+    """Evaluate one simulation record; returns the case entry of the evaluation file.
+
+    protocol 'reference' (PROTOCOL 2-4): no schema, the reference's extraction, regeneration and repair,
+    the placeholder left unfilled, severity true counting 1; a reply that never validates or lacks the
+    asked dimension (where the reference aborted the run) marks the case failed."""
     from coser import metrics
 
     circ = record["circumstance"]
     key = f"{record['book_title']}-{record['i_p']}-{record['i_c']}"
     if record["i_p"] != circ["plot"].get("i_p", record["i_p"]) or record["i_c"] != circ.get("i_c"):
         raise InputError(f"simulation record {key}: i_p/i_c do not match its circumstance")
-    sim, ref = case_messages(record)
+    sim, ref = case_messages(record, protocol)
     sim_str, ref_str = simulation_str(sim), reference_str(ref)
     profiles = "\n\n".join(f"### {name}\n\n{profile}"
                            for name, profile in record["involved_character_profiles"].items())
@@ -91,11 +150,24 @@ def judge_case(llm, record: dict, judge_model: str, continue_from: int = 0, stag
     critique: dict = {}
     failures = []
     for dim in DIMENSIONS:
-        system = P.judge_prompt(dim, book=record["book_title"], plot_summary=circ["plot"].get("summary", ""),
+        build = reference_judge_prompt if protocol == "reference" else P.judge_prompt
+        system = build(dim, book=record["book_title"], plot_summary=circ["plot"].get("summary", ""),
                                 scenario=circ.get("scenario", ""), character_profiles=profiles,
                                 original_conversation=ref_str, major_characters=circ.get("major_characters", []),
                                 additional_instructions=extra)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": sim_str}]
+        if protocol == "reference":
+            got, raw = reference_judgment(llm, judge_model, messages, dim, stage)
+            if got is None or dim not in got:
+                # The reference aborted the whole run here (PROTOCOL 2.5); the case is marked failed.
+                reason = "no valid judgment after 6 attempts" if got is None else f"reply lacks {dim!r}"
+                failures.append({"dimension": dim, "fail_to_parse_response": raw, "reason": reason,
+                                 "attempts": PR.ATTEMPTS})
+                critique[dim] = {"flaws": None, "score": None}
+                break
+            flaws = got[dim]["flaws"]
+            critique[dim] = {"flaws": flaws, "score": PR.dimension_score(flaws, actor_rounds)}
+            continue
         guard = _SeeOutage(llm)
         got = get_json(guard, judge_model, messages, validate=make_validator(dim), schema=P.judge_schema(dim),
                        stage=stage, repair="quotes")
@@ -162,8 +234,9 @@ def summary(results: list[tuple[str, dict]], judge_model: str, usage=None) -> st
     """Scores per run; with several runs also mean +- std over runs and a bootstrap 95% CI over samples."""
     from coser import metrics
 
-    lines = [f"GCA evaluation (judge: {judge_model}; judges are never mixed: scores are only comparable "
-             "under the same judge)"]
+    protocols = sorted({str(ev.get("protocol", "reference")) for _, ev in results}) or ["reference"]
+    lines = [f"GCA evaluation (judge: {judge_model}; protocol: {', '.join(protocols)}; judges and protocols are "
+             "never mixed: scores are only comparable under the same judge and protocol)"]
     head = ["run"] + _COLUMNS + ["n", "failed"]
     rows = []
     for path, ev in results:

@@ -4,17 +4,17 @@
     python gca_evaluation/main.py --actor_model local --judge_model local --env_model local --nsp_model local --limit 2
 
 Writes exp/simulation/{test stem}_{actor setting}.json and exp/evaluation/{same}.json (METHOD 4.1);
-repeats 1 and 2 (--nth_exp 1, 2 or -1) get a "-repeat=N" suffix. Finished samples are checkpointed,
-so a killed run resumes where it stopped without repeating an LLM call.
+repeats 1 and 2 (--nth_exp 1, 2 or -1) get a "-repeat=N" suffix. Every file carries its run spec
+(coser/runspec.py); any setting other than the reference's default gets a "_spec=HASH" suffix.
+Finished samples are checkpointed, so a killed run resumes where it stopped without repeating an LLM call.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import shutil
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,9 +22,25 @@ from coser import cli  # noqa: E402
 from coser.errors import InputError  # noqa: E402
 from coser.io import atomic_write_json, read_json  # noqa: E402
 from coser.pool import map_ordered  # noqa: E402
+from coser import runspec as RS  # noqa: E402
 from gca_evaluation import judge as J  # noqa: E402
 from gca_evaluation.retrieval import MODES, Embedder, Retrievers  # noqa: E402
 from gca_evaluation.simulation import sample_key, sample_rng, simulate  # noqa: E402
+
+
+DEFAULT_JUDGE = "gpt-4o"
+# The reference's default setting: results under it keep the reference's file names.
+REFERENCE_DEFAULTS = {"env": "gpt-4o", "nsp": "gpt-4o-mini", "judge": DEFAULT_JUDGE,
+                      "settings": {"continue_from": 0, "wo_thought": False, "use_motivation": False, "seed": 42,
+                                   }}
+
+
+def _retrieval_mode(value: str):
+    if value in ("None", "none", "off", ""):
+        return None  # the reference's spelling of "no retrieval"
+    if value not in MODES:
+        raise argparse.ArgumentTypeError(f"invalid mode {value!r} (choose from {', '.join(MODES)}, or off)")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,24 +48,42 @@ def build_parser() -> argparse.ArgumentParser:
                                 "test scenes with the actor model, then LLM judging on four dimensions plus "
                                 "BLEU / ROUGE-L against the book's dialogue.")
     p.add_argument("--test_file", default="data/test/test_set.json", help="test set (default %(default)s)")
-    p.add_argument("--book_data", default="data/final", help="final book files, used for retrieval")
-    p.add_argument("--actor_model", default="gpt-4o", help="model under test (character agents)")
-    p.add_argument("--judge_model", default="gpt-4o", help="critic model")
-    p.add_argument("--env_model", default="gpt-4o", help="Environment agent model")
-    p.add_argument("--nsp_model", default="gpt-4o-mini", help="next-speaker predictor model")
-    p.add_argument("--continue_from", type=int, default=0, help="replay the book's first N turns")
-    p.add_argument("--wo_thought", action="store_true", help="thoughtless actor prompts")
-    p.add_argument("--retrieval", default=None, type=lambda v: None if v == "None" else v, choices=[None, *MODES],
+    p.add_argument("--book_data", default="data/final",
+                   help="final book files, used for retrieval (default %(default)s)")
+    p.add_argument("--simulation_file", default=None, metavar="PATH",
+                   help="judge this existing simulation file (ours or the reference's) instead of simulating; "
+                        "no test file needed (default: simulate the test set)")
+    p.add_argument("--actor_model", default="gpt-4o", help="model under test (character agents) (default %(default)s)")
+    p.add_argument("--judge_model", action="append", default=None, metavar="MODEL[,MODEL...]",
+                   help="critic model; a comma list or a repeated flag judges every simulation with each judge, "
+                        f"each in its own file (default {DEFAULT_JUDGE})")
+    p.add_argument("--env_model", default="gpt-4o", help="Environment agent model (default %(default)s)")
+    p.add_argument("--nsp_model", default="gpt-4o-mini", help="next-speaker predictor model (default %(default)s)")
+    p.add_argument("--continue_from", type=int, default=0, help="replay the book's first N turns (default %(default)s)")
+    p.add_argument("--wo_thought", action="store_true", help="thoughtless actor prompts (default off)")
+    p.add_argument("--retrieval", default=None, type=_retrieval_mode, metavar="{" + ",".join(MODES) + "}",
                    help="retrieval-augmented actors: corpus and k per mode as in the paper (default: off)")
-    p.add_argument("--regenerate", action="store_true", help="ignore an existing simulation (and evaluation) file")
-    p.add_argument("--reevaluate", action="store_true", help="ignore an existing evaluation file")
-    p.add_argument("--nth_exp", type=int, default=0, help="experiment id; -1 runs ids 0, 1, 2")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N samples")
+    p.add_argument("--regenerate", action="store_true",
+                   help="simulate again even if a simulation of this spec exists (default off)")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="judge again even if an evaluation of this spec exists (default off)")
+    p.add_argument("--repeats", type=int, default=None, metavar="N",
+                   help="run repeat ids 0..N-1 (the paper uses 3) (default: one run, id --nth_exp)")
+    p.add_argument("--nth_exp", type=int, default=0, help="repeat id; -1 is an alias of --repeats 3 (default %(default)s)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N samples (default: all)")
+    p.add_argument("--sample_ids", default=None, metavar="KEY,...",
+                   help="only these samples, by key {book}-{i_p}-{i_c} (default: all)")
+    p.add_argument("--sample", type=int, default=None, metavar="N",
+                   help="a random subset of N samples, drawn with --sample_seed (default: all)")
+    p.add_argument("--sample_seed", type=int, default=0, help="seed of --sample's draw (default %(default)s)")
     p.add_argument("--use_motivation", action="store_true",
                    help="give actors their motivation (`motivation`, or `thought` in the published test set); "
                         "off by default, as in the published runs, for comparable numbers")
     p.add_argument("--seed", type=int, default=42, help="seed of per-sample random choices (default %(default)s)")
     p.add_argument("--exp_dir", default="exp", help="output root (default %(default)s)")
+    p.add_argument("--protocol", choices=["reference", "fixed"], default="reference",
+                   help="GCA protocol: 'reference' reproduces the reference implementation, 'fixed' is this "
+                        "toolkit's improved one (README 'Compatibility / protocols') (default %(default)s)")
     cli.add_common_args(p)
     return p
 
@@ -76,6 +110,11 @@ def validate_item(path: str, i: int, item) -> None:
     for c in item["major_characters"]:
         if c not in item["character_profiles"]:
             raise InputError(f"{where}: field 'character_profiles' has no profile for major character {c!r}")
+        if c not in item["speaking_characters_w_env"]:
+            raise InputError(f"{where}: major character {c!r} is missing from field 'speaking_characters_w_env'")
+    for c, profile in item["character_profiles"].items():
+        if profile is not None and not isinstance(profile, str):
+            raise InputError(f"{where}: field 'character_profiles.{c}' should be str, got {type(profile).__name__}")
     if not isinstance(item["plot"].get("summary", ""), str):
         raise InputError(f"{where}: field 'plot.summary' should be a string")
 
@@ -86,10 +125,38 @@ def load_test_set(path: str, limit: int | None) -> list[dict]:
     data = read_json(path)
     if not isinstance(data, list):
         raise InputError(f"{path}: expected a JSON list of test samples")
+    seen: dict[str, int] = {}
+    for i, item in enumerate(data):
+        if isinstance(item, dict) and all(k in item for k in ("book", "i_p", "i_c")):
+            key = item_key(item["book"], item["i_p"], item["i_c"])
+            if key in seen:
+                raise InputError(f"{path}: samples {seen[key]} and {i} have the same key {key!r} "
+                                 "(book, i_p, i_c): each sample must be unique")
+            seen[key] = i
     data = data[:limit] if limit is not None else data
     for i, item in enumerate(data):
         validate_item(path, i, item)
     return data
+
+
+def select_items(path: str, items: list[dict], sample_ids: str | None, sample: int | None,
+                 sample_seed: int) -> list[dict]:
+    """--sample_ids (in the order given) and/or --sample N (a seeded draw, kept in test-file order)."""
+    import random
+    if sample_ids:
+        by_key = {item_key(it["book"], it["i_p"], it["i_c"]): it for it in items}
+        wanted = [k.strip() for k in sample_ids.split(",") if k.strip()]
+        unknown = [k for k in wanted if k not in by_key]
+        if unknown:
+            raise InputError(f"--sample_ids: {unknown[0]!r} is not a sample of {path}")
+        items = [by_key[k] for k in dict.fromkeys(wanted)]
+    if sample is not None:
+        if sample < 1:
+            raise InputError("--sample must be at least 1")
+        if sample < len(items):
+            chosen = sorted(random.Random(sample_seed).sample(range(len(items)), sample))
+            items = [items[i] for i in chosen]
+    return items
 
 
 _RECORD_FIELDS = ("book_title", "i_p", "i_c", "circumstance", "simulation", "involved_character_profiles")
@@ -139,46 +206,9 @@ def run_name(test_file: str, actor_model: str, retrieval: str | None, nth_exp: i
     return f"{stem}_{setting}" + (f"-repeat={nth_exp}" if nth_exp > 0 else "")
 
 
-def _fingerprint(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-
-
-class Checkpoints:
-    """One JSON file per finished sample; a file from different inputs or settings is ignored."""
-
-    def __init__(self, directory: str):
-        self.dir = directory
-
-    def _path(self, i: int) -> str:
-        return os.path.join(self.dir, f"{i:05d}.json")
-
-    def get(self, i: int, fp: str):
-        path = self._path(i)
-        if not os.path.exists(path):
-            return None
-        try:
-            with open(path, encoding="utf-8") as f:
-                saved = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            return None  # a torn checkpoint is redone, never trusted
-        return saved.get("value") if saved.get("fingerprint") == fp else None
-
-    def put(self, i: int, fp: str, value) -> None:
-        # Another process running the same job may finish and remove this folder mid-write:
-        # the checkpoint is then simply written again into a fresh folder.
-        for attempt in range(3):
-            try:
-                return atomic_write_json(self._path(i), {"fingerprint": fp, "value": value})
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
-
-    def clear(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-        try:
-            os.rmdir(os.path.dirname(self.dir))  # only succeeds once no other run has checkpoints there
-        except OSError:
-            pass
+# Checkpoints live in the core (shared with construction); kept importable from here.
+Checkpoints = RS.Checkpoints
+_fingerprint = RS.fingerprint
 
 
 class TaggedLLM:
@@ -200,7 +230,7 @@ class TaggedLLM:
 
 
 # ---- stages -------------------------------------------------------------------------------
-def run_simulation(llm, args, items: list[dict], sim_path: str, nth_exp: int) -> list[dict]:
+def run_simulation(llm, args, items: list[dict], sim_path: str, nth_exp: int, spec: dict | None = None) -> list[dict]:
     ck = Checkpoints(os.path.join(os.path.dirname(sim_path), ".partial", os.path.basename(sim_path)[:-5]))
     retr = None
     if args.retrieval:
@@ -208,6 +238,7 @@ def run_simulation(llm, args, items: list[dict], sim_path: str, nth_exp: int) ->
         retr = Retrievers(args.book_data, args.retrieval, embedder)
     settings = {k: getattr(args, k) for k in ("actor_model", "env_model", "nsp_model", "continue_from",
                                                "wo_thought", "retrieval", "use_motivation", "seed")}
+    settings["protocol"] = getattr(args, "protocol", "reference")   # checkpoints never mix protocols
 
     def one(pair):
         i, item = pair
@@ -219,20 +250,29 @@ def run_simulation(llm, args, items: list[dict], sim_path: str, nth_exp: int) ->
         return rec
 
     records = map_ordered(one, list(enumerate(items)), args.num_workers, desc="simulation")
+    if spec is not None:  # every record carries the run spec (the file stays the reference's list of records)
+        records = [{**r, "spec": spec} for r in records]
     atomic_write_json(sim_path, records)
     ck.clear()
     return records
 
 
-def run_judging(llm, args, records: list[dict], eval_path: str) -> dict:
+def run_judging(llm, args, records: list[dict], eval_path: str, judge: str | None = None,
+                spec: dict | None = None, log=None) -> dict:
+    judge = judge or args.judge_model
     ck = Checkpoints(os.path.join(os.path.dirname(eval_path), ".partial", os.path.basename(eval_path)[:-5]))
+    records = [{k: v for k, v in r.items() if k != "spec"} for r in records]
 
     def one(pair):
         i, rec = pair
-        fp = _fingerprint(rec, args.judge_model, args.continue_from)
+        fp = _fingerprint(rec, judge, args.continue_from, getattr(args, "protocol", "reference"))
         case = ck.get(i, fp)
         if case is None:
-            case = J.judge_case(llm, rec, args.judge_model, args.continue_from)
+            case = J.judge_case(llm, rec, judge, args.continue_from,
+                                protocol=getattr(args, "protocol", "reference"))
+            if log is not None and isinstance(case, dict) and case.get("failed"):
+                log.warning("judge %s failed on %s: %s", judge, item_key(rec["book_title"], rec["i_p"], rec["i_c"]),
+                            case.get("failures") or "unreadable reply")
             ck.put(i, fp, case)
         return case
 
@@ -242,46 +282,240 @@ def run_judging(llm, args, records: list[dict], eval_path: str) -> dict:
         cases[item_key(rec["book_title"], rec["i_p"], rec["i_c"])] = case
     scores, _, _ = J.aggregate(cases)
     # Beyond the reference's {scores, cases}: who judged, so runs under different judges never mix.
-    evaluation = {"scores": scores, "cases": cases, "judge_model": args.judge_model}
+    evaluation = {"scores": scores, "cases": cases, "judge_model": judge,
+                  "protocol": getattr(args, "protocol", "reference")}
+    if spec is not None:
+        evaluation.update(spec=spec, spec_hash=RS.spec_hash(spec))
     atomic_write_json(eval_path, evaluation)
     ck.clear()
     return evaluation
 
 
-def run_experiment(llm, args, items: list[dict], nth_exp: int) -> tuple[str, dict]:
+def sim_settings(args, nth_exp: int) -> dict:
+    from gca_evaluation.simulation import MAX_TOKENS
+    return {"continue_from": args.continue_from, "wo_thought": args.wo_thought,
+            "use_motivation": args.use_motivation, "retrieval": args.retrieval, "seed": args.seed,
+            "repeat": nth_exp, "max_tokens": MAX_TOKENS}
+
+
+def is_reference_default(spec: dict) -> bool:
+    """The reference's default setting (any actor, retrieval and repeat): reference file names."""
+    roles, st = spec.get("roles") or {}, spec.get("settings") or {}
+    if spec.get("protocol", "reference") != "reference":
+        return False
+    for role in ("env", "nsp", "judge"):
+        if role in roles and (roles[role] or {}).get("model") != REFERENCE_DEFAULTS[role]:
+            return False
+    return all(st.get(k, v) == v for k, v in REFERENCE_DEFAULTS["settings"].items())
+
+
+def evaluation_spec(llm, sim_spec: dict, judge: str, args) -> dict:
+    spec = json.loads(json.dumps(sim_spec))
+    spec["stage"] = "evaluation"
+    spec.setdefault("roles", {})["judge"] = RS.role_info(llm, judge)
+    spec.setdefault("settings", {})["continue_from"] = args.continue_from
+    spec["toolkit"] = RS.toolkit_info()
+    return spec
+
+
+def _reference_eval_ok(judge: str, wanted: list[str]):
+    def ok(path: str) -> bool:
+        ev = read_json(path)
+        if not isinstance(ev, dict) or not isinstance(ev.get("cases"), dict):
+            return False
+        if ev.get("judge_model", DEFAULT_JUDGE) != judge:
+            return False
+        return set(wanted) <= set(ev["cases"])
+    return ok
+
+
+def judge_all(llm, run_llm, args, sim_path: str, records: list[dict], sim_spec: dict, wanted: list[str],
+              eval_base: str, judges: list[str], record) -> list[tuple]:
+    out = []
+    for judge in judges:
+        spec = evaluation_spec(llm, sim_spec, judge, args)
+        default = is_reference_default(spec) and (sim_spec.get("source") == RS.REFERENCE_FILE
+                                                 or os.path.basename(sim_path) == os.path.basename(eval_base))
+        path, state = RS.choose_path(eval_base, spec, default, _reference_eval_ok(judge, wanted))
+        if state == "reuse" and not (args.regenerate or args.reevaluate):
+            print(f"reusing {path}", file=sys.stderr)
+            record.log.info("reused %s (judge %s)", path, judge)
+            evaluation = read_json(path)
+            record.add(spec, path, reused=True)
+        else:
+            if state == "reuse" and RS.file_spec(read_json(path)) is None:
+                path = RS.suffixed(eval_base, spec)  # never overwrite the reference's file
+            t0 = time.monotonic()
+            spec["simulation_file"] = os.path.relpath(sim_path, args.exp_dir)  # relative to the exp folder
+            evaluation = run_judging(run_llm, args, records, path, judge=judge, spec=spec, log=record.log)
+            record.add(spec, path, seconds=time.monotonic() - t0)
+        if path != eval_base:
+            print(f"evaluation ({judge}): {path} (spec {RS.spec_hash(spec)})", file=sys.stderr)
+        out.append((sim_path, judge, path, evaluation))
+    return out
+
+
+def run_experiment(llm, args, items: list[dict], nth_exp: int, judges: list[str] | None = None,
+                   record=None) -> list[tuple]:
+    judges = judges or [args.judge_model]
     name = run_name(args.test_file, args.actor_model, args.retrieval, nth_exp)
-    sim_path = os.path.join(args.exp_dir, "simulation", name + ".json")
-    eval_path = os.path.join(args.exp_dir, "evaluation", name + ".json")
+    sim_base = os.path.join(args.exp_dir, "simulation", name + ".json")
     run_llm = TaggedLLM(llm, f"repeat={nth_exp}") if nth_exp > 0 else llm
     wanted = [item_key(it["book"], it["i_p"], it["i_c"]) for it in items]
-    if os.path.exists(eval_path) and not (args.regenerate or args.reevaluate):
-        evaluation = read_json(eval_path)
-        judged_by = evaluation.get("judge_model") if isinstance(evaluation, dict) else None
-        if judged_by is not None and judged_by != args.judge_model:
-            raise InputError(f"{eval_path} was judged by {judged_by}, not {args.judge_model}: scores of different "
-                             "judges are not comparable; pass --reevaluate to judge again")
-        cases = evaluation.get("cases") if isinstance(evaluation, dict) else None
-        if isinstance(cases, dict) and set(wanted) <= set(cases):
-            print(f"reusing {eval_path}", file=sys.stderr)
-            return eval_path, evaluation
-    if os.path.exists(sim_path) and not args.regenerate:
+    roles = {"actor": args.actor_model, "env": args.env_model, "nsp": args.nsp_model}
+    sim_spec = RS.build_spec("simulation", llm, roles, sim_settings(args, nth_exp),
+                             RS.test_set_info(args.test_file, items, wanted), getattr(args, "protocol", "reference"))
+
+    def reference_sim_ok(path: str) -> bool:
+        try:
+            reusable_records(path, wanted, args.test_file)
+            return True
+        except InputError:
+            return False
+
+    sim_path, state = RS.choose_path(sim_base, sim_spec, is_reference_default(sim_spec), reference_sim_ok)
+    if state == "reuse" and not args.regenerate:
         records = reusable_records(sim_path, wanted, args.test_file)
         print(f"reusing {sim_path}", file=sys.stderr)
+        record.log.info("reused %s", sim_path)
+        got = RS.file_spec(records[0]) if records else None
+        if got is None:  # a file of the reference implementation: loaded, and marked as such
+            sim_spec = dict(sim_spec, source=RS.REFERENCE_FILE, simulation_file=os.path.basename(sim_path))
+        record.add(got or sim_spec, sim_path, reused=True)
     else:
-        records = run_simulation(run_llm, args, items, sim_path, nth_exp)
-    return eval_path, run_judging(run_llm, args, records, eval_path)
+        if state == "reuse" and RS.file_spec((read_json(sim_path) or [{}])[0]) is None:
+            sim_path = RS.suffixed(sim_base, sim_spec)  # never overwrite the reference's file
+        t0 = time.monotonic()
+        records = run_simulation(run_llm, args, items, sim_path, nth_exp, spec=sim_spec)
+        record.add(sim_spec, sim_path, seconds=time.monotonic() - t0)
+    if sim_path != sim_base:
+        print(f"simulation: {sim_path} (spec {RS.spec_hash(sim_spec)})", file=sys.stderr)
+    eval_base = os.path.join(args.exp_dir, "evaluation", os.path.basename(sim_path))
+    if sim_path != sim_base:  # a suffixed simulation: its evaluations start from the reference name
+        eval_base = os.path.join(args.exp_dir, "evaluation", name + ".json")
+    return judge_all(llm, run_llm, args, sim_path, records, sim_spec, wanted, eval_base, judges, record)
+
+
+def simulation_file_spec(path: str, records: list[dict]) -> dict:
+    """The spec of a simulation file; for the reference's files (no spec), one naming the file and its samples."""
+    got = RS.file_spec(records[0]) if records else None
+    if got is not None:
+        return got
+    items = [r["circumstance"] for r in records]
+    keys = [item_key(r["book_title"], r["i_p"], r["i_c"]) for r in records]
+    return {"spec_version": RS.SPEC_VERSION, "stage": "simulation", "source": RS.REFERENCE_FILE,
+            "simulation_file": os.path.basename(path), "simulation_hash": RS.content_hash(records),
+            "protocol": "reference", "roles": {}, "settings": {},
+            "test_set": RS.test_set_info(None, items, keys)}
+
+
+def judge_simulation_file(llm, args, judges: list[str], record) -> list[tuple]:
+    path = args.simulation_file
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: --simulation_file not found")
+    records = load_simulation(path)
+    keys = [item_key(r["book_title"], r["i_p"], r["i_c"]) for r in records]
+    seen: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        if k in seen:
+            raise InputError(f"{path}: records {seen[k]} and {i} have the same key {k!r}")
+        seen[k] = i
+    if args.sample_ids or args.sample is not None or args.limit is not None:
+        items = select_items(path, [dict(r["circumstance"], book=r["book_title"], i_p=r["i_p"], i_c=r["i_c"])
+                                    for r in records], args.sample_ids, args.sample, args.sample_seed)
+        chosen = {item_key(it["book"], it["i_p"], it["i_c"]) for it in items}
+        records = [r for r, k in zip(records, keys) if k in chosen][:args.limit]
+    sim_spec = simulation_file_spec(path, records)
+    if args.limit is not None or args.sample_ids or args.sample is not None:
+        sim_spec = json.loads(json.dumps(sim_spec))
+        sub = [item_key(r["book_title"], r["i_p"], r["i_c"]) for r in records]
+        sim_spec["test_set"] = RS.test_set_info(sim_spec.get("test_set", {}).get("path"),
+                                                [r["circumstance"] for r in records], sub)
+        sim_spec["simulation_hash"] = RS.content_hash([{k: v for k, v in r.items() if k != "spec"} for r in records])
+    wanted = [item_key(r["book_title"], r["i_p"], r["i_c"]) for r in records]
+    record.add(sim_spec, path, reused=True)
+    eval_base = os.path.join(args.exp_dir, "evaluation", os.path.basename(path))
+    return judge_all(llm, llm, args, path, records, sim_spec, wanted, eval_base, judges, record)
+
+
+def agreement_table(results: list[tuple], judges: list[str]) -> str:
+    """With two or more judges: Kendall tau and Spearman rho between their rankings of the settings,
+    Pearson r of per-case averages, and each judge's mean score."""
+    from coser import stats
+    by = {(sim, judge): ev for sim, judge, _, ev in results}
+    sims = list(dict.fromkeys(sim for sim, _, _, _ in results))
+
+    def f(x):
+        return "-" if x is None or x != x else f"{x:.3f}"
+
+    lines = ["Judge agreement (settings ranked by avg; per-case averages paired across judges)",
+             "judge A  judge B  kendall_tau  spearman_rho  pearson_cases  n_settings  n_cases"]
+    rows = []
+    for i, a in enumerate(judges):
+        for b in judges[i + 1:]:
+            sa, sb = [], []
+            ca, cb = [], []
+            for sim in sims:
+                ea, eb = by.get((sim, a)), by.get((sim, b))
+                if not ea or not eb:
+                    continue
+                va, vb = ea["scores"].get("avg"), eb["scores"].get("avg")
+                if va is not None and vb is not None:
+                    sa.append(va)
+                    sb.append(vb)
+                pa, pb = J.per_sample(ea, "avg"), J.per_sample(eb, "avg")
+                for k in pa.keys() & pb.keys():
+                    ca.append(pa[k])
+                    cb.append(pb[k])
+            rows.append([a, b, f(stats.kendall_tau(sa, sb)), f(stats.spearman_rho(sa, sb)), f(stats.pearson(ca, cb)),
+                         str(len(sa)), str(len(ca))])
+    means = []
+    for j in judges:
+        vals = [ev["scores"].get("avg") for sim, judge, _, ev in results if judge == j]
+        vals = [v for v in vals if v is not None]
+        means.append(f"{j}: {f(sum(vals) / len(vals)) if vals else '-'}")
+    table = [lines[1].split("  ")] + rows
+    widths = [max(len(r[c]) for r in table) for c in range(len(table[0]))]
+    out = [lines[0]] + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]
+    out.append("mean avg score per judge: " + "; ".join(means))
+    return "\n".join(out)
+
+
+def parse_judges(values: list[str] | None) -> list[str]:
+    judges = []
+    for v in values or []:
+        for j in v.split(","):
+            if j.strip() and j.strip() not in judges:
+                judges.append(j.strip())
+    return judges
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    judges = parse_judges(args.judge_model)
+    if args.judge_model is not None and not judges:
+        raise InputError("--judge_model: no model named")
+    explicit_judge = bool(judges)
+    if not judges:
+        judges = [DEFAULT_JUDGE]
+    for action in parser._actions:  # the first judge goes through the common no-key fallback as a plain flag
+        if action.dest == "judge_model":
+            action.default = DEFAULT_JUDGE if not explicit_judge else None
+    args.judge_model = judges[0]
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")
     if args.continue_from < 0:
         raise InputError("--continue_from must be >= 0")
     if args.nth_exp < -1:
         raise InputError("--nth_exp must be -1 (runs 0, 1, 2) or a non-negative id")
-    items = load_test_set(args.test_file, args.limit)
-    if args.retrieval:
+    if args.repeats is not None and args.repeats < 1:
+        raise InputError("--repeats must be at least 1")
+    items = None
+    if args.simulation_file is None:
+        items = load_test_set(args.test_file, None if (args.sample_ids or args.sample) else args.limit)
+        items = select_items(args.test_file, items, args.sample_ids, args.sample, args.sample_seed)[:args.limit]
+    if args.retrieval and items is not None:
         if not os.path.isdir(args.book_data):
             raise InputError(f"{args.book_data}: --book_data directory not found (needed by --retrieval)")
         missing = sorted({it["book"] for it in items} - {f[:-5] for f in os.listdir(args.book_data)
@@ -290,10 +524,35 @@ def main(argv=None) -> int:
             cli.notice(f"no file in {args.book_data} for {len(missing)} book(s) (e.g. {missing[0]!r}): "
                        "their actors run without retrieval")
     llm = cli.setup(args)
-    ids = [0, 1, 2] if args.nth_exp == -1 else [args.nth_exp]
-    results = [run_experiment(llm, args, items, n) for n in ids]
-    print(J.summary(results, args.judge_model, llm.usage))
-    cli.finish(args.exp_dir, args, "gca_evaluation", extra={"outputs": [p for p, _ in results]})
+    judges[0] = args.judge_model  # may have fallen back to the embedded model
+    lock = RS.DirLock(args.exp_dir).acquire()
+    record = None
+    try:
+        record = RS.RunRecord(args.exp_dir, "gca_evaluation")
+        if args.simulation_file is not None:
+            results = judge_simulation_file(llm, args, judges, record)
+        else:
+            ids = list(range(args.repeats)) if args.repeats else ([0, 1, 2] if args.nth_exp == -1 else [args.nth_exp])
+            results = [r for n in ids for r in run_experiment(llm, args, items, n, judges, record)]
+        for j in judges:
+            mine = [(p, ev) for _, judge, p, ev in results if judge == j]
+            print(J.summary(mine, j, llm.usage if j == judges[-1] and len(judges) == 1 else None))
+        if len(judges) > 1:
+            print(agreement_table(results, judges))
+            t = llm.usage.totals()
+            print(f"LLM calls: {t['calls']}, cache hits: {t['cache_hits']}")
+        cli.finish(args.exp_dir, args, "gca_evaluation", extra={"outputs": [p for _, _, p, _ in results]})
+        record.save(llm)
+    except BaseException as e:
+        if record is not None:
+            record.log.error("stopped: %s", str(e) or type(e).__name__)
+            try:
+                record.save(llm, status="stopped")
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+        raise
+    finally:
+        lock.release()
     return 0
 
 

@@ -188,7 +188,9 @@ def load_runs(exp_dir: str) -> list[Run]:
             run.model_source = "reference file, no spec"
         # The reference dialogues come from the test item, identical across repeats, so a repeat
         # without its own simulation file can borrow the base setting's.
-        sim_path = next((p for p in (os.path.join(exp_dir, "simulation", name),
+        recorded = run.spec.get("simulation_file") if isinstance(run.spec.get("simulation_file"), str) else None
+        sim_path = next((p for p in ((os.path.join(exp_dir, recorded) if recorded else ""),
+                                     os.path.join(exp_dir, "simulation", name),
                                      os.path.join(exp_dir, "simulation", setting + ".json")) if os.path.exists(p)), None)
         if sim_path:
             sims = read_json(sim_path, "simulation file")
@@ -548,12 +550,14 @@ def judge_calls(run: Run, key: str, case: dict, cache: JudgeCache) -> dict:
     if rec:
         try:
             circ = rec["circumstance"]
-            sim, ref = J.case_messages(rec)
+            protocol = "reference" if run.protocol == "reference" else "fixed"
+            sim, ref = J.case_messages(rec, protocol)
+            build = J.reference_judge_prompt if protocol == "reference" else P.judge_prompt
             profiles = "\n\n".join(f"### {n}\n\n{p}" for n, p in (rec.get("involved_character_profiles") or {}).items())
             cont = int(run.spec.get("continue_from") or _get(run.spec, "settings", "continue_from") or 0)
             extra = P.CONTINUE_FROM_NOTE.substitute(n=cont) if cont > 0 else ""
             for dim in DIMS:
-                system_of[dim] = P.judge_prompt(
+                system_of[dim] = build(
                     dim, book=rec["book_title"], plot_summary=circ["plot"].get("summary", ""),
                     scenario=circ.get("scenario", ""), character_profiles=profiles,
                     original_conversation=J.reference_str(ref), major_characters=circ.get("major_characters", []),

@@ -199,25 +199,26 @@ def _norm(v) -> float:
 class Embedder:
     """Batches of 100 documents; vectors memoized per text so repeated corpora cost nothing."""
 
-    def __init__(self, settings):
-        import openai
+    def __init__(self, settings, llm=None):
+        from coser import llm as core
 
         self.model = settings.embedding_model
-        key = settings.embedding_api_key if settings.embedding_api_key and not \
-            settings.embedding_api_key.startswith("YOUR_") else settings.api_key
-        self.client = openai.OpenAI(api_key=key or "none", base_url=settings.embedding_base_url or
-                                    settings.base_url or None, timeout=settings.timeout, max_retries=2)
+        # Through the core layer (endpoint table, cache, retries, limits, usage): the process-wide
+        # client when it holds these settings, else one of its own without a cache.
+        if llm is None:
+            current = core._current
+            llm = current if current is not None and current.settings is settings else core.LLM(
+                settings, cache=None, use_cache=False)
+        self.llm = llm
         self._memo: dict[str, list[float]] = {}
         self._lock = threading.Lock()
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         todo = [t for t in dict.fromkeys(texts) if t not in self._memo]
-        for start in range(0, len(todo), 100):
-            batch = todo[start:start + 100]
-            resp = self.client.embeddings.create(model=self.model, input=batch)
+        if todo:
+            vectors = self.llm.embed(self.model, todo, stage="retrieval-embedding")
             with self._lock:
-                for t, d in zip(batch, sorted(resp.data, key=lambda d: d.index)):
-                    self._memo[t] = list(d.embedding)
+                self._memo.update(zip(todo, vectors))
         return [self._memo[t] for t in texts]
 
 
@@ -269,11 +270,20 @@ class BookStore:
         self._books: dict[str, dict | None] = {}
         self._lock = threading.Lock()
 
+    def _path(self, book: str) -> str | None:
+        """{book_dir}/{book}.json, or None when the name would leave book_dir ('../x', 'a/b', '/etc/x')."""
+        if not isinstance(book, str) or not book or "\0" in book or book != os.path.basename(book) \
+                or (os.altsep and os.altsep in book):
+            return None
+        path = os.path.join(self.book_dir, f"{book}.json")
+        inside = os.path.dirname(os.path.abspath(path)) == os.path.abspath(self.book_dir)
+        return path if inside else None
+
     def get(self, book: str) -> dict | None:
         with self._lock:
             if book not in self._books:
-                path = os.path.join(self.book_dir, f"{book}.json")
-                data = read_json(path) if os.path.exists(path) else None
+                path = self._path(book)
+                data = read_json(path) if path and os.path.exists(path) else None
                 if data is not None and not (isinstance(data, dict) and isinstance(data.get("plots"), list)):
                     raise InputError(f"{path}: expected a final book file with a 'plots' list")
                 self._books[book] = data

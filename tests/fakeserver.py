@@ -42,6 +42,21 @@ class Fault:
     def drop(cls) -> "Fault":
         return cls("drop")
 
+    @classmethod
+    def cut_stream(cls, content: str = "I was saying that") -> "Fault":
+        """A streamed reply whose connection closes mid-way: no finish_reason, no [DONE]."""
+        return cls("cut_stream", body=content)
+
+    @classmethod
+    def length(cls, content: str) -> "Fault":
+        """A complete reply that the server cut at max_tokens (finish_reason 'length')."""
+        return cls("length", body=content)
+
+    @classmethod
+    def slow_stream(cls, content: str, seconds: float) -> "Fault":
+        """A stream that sends its first half, pauses `seconds`, then the rest (for Ctrl-C mid-reply)."""
+        return cls("slow_stream", seconds=seconds, body=content)
+
     def __repr__(self) -> str:
         return f"Fault({self.kind}, {self.status})"
 
@@ -49,10 +64,10 @@ class Fault:
 Reply = "str | Fault"
 
 
-def _completion(model: str, content: str) -> dict:
+def _completion(model: str, content: str, finish: str = "stop") -> dict:
     return {
         "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}],
         "usage": {"prompt_tokens": 10, "completion_tokens": max(1, len(content.split())), "total_tokens": 10},
     }
 
@@ -63,11 +78,17 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeServer:
-    def __init__(self, responder: Callable[[dict], Any] | None = None, latency: float = 0.0):
+    def __init__(self, responder: Callable[[dict], Any] | None = None, latency: float = 0.0,
+                 api_key: str | None = None, models: list[str] | None = None):
         self.responder = responder or (lambda body: "ok")
         self.latency = latency
+        # Like a real endpoint: only this key (None = any) and these model names (None = any) are served,
+        # others get 401 / 404. Of the Authorization header only a sha256 is kept (auth_hashes).
+        self.api_key = api_key
+        self.models = models
         self.requests: list[dict] = []
         self.auth_seen: list[bool] = []
+        self.auth_hashes: list[str] = []
         self._queue: list = []
         self._lock = threading.Lock()
         self.in_flight = 0
@@ -110,7 +131,10 @@ class FakeServer:
                 pass
 
             def do_GET(self):
-                self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+                if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                    return self._send(401, {"error": {"message": "Incorrect API key provided", "type": "auth"}})
+                names = server.models if server.models is not None else ["fake-model"]
+                self._send(200, {"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -122,13 +146,20 @@ class FakeServer:
                 body["_path"] = self.path
                 with server._lock:
                     server.requests.append(body)
-                    server.auth_seen.append(bool(self.headers.get("Authorization")))
+                    auth = self.headers.get("Authorization") or ""
+                    server.auth_seen.append(bool(auth))
+                    server.auth_hashes.append(hashlib.sha256(auth.encode()).hexdigest())
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                     reply = server._queue.pop(0) if server._queue else None
                 try:
                     if server.latency:
                         time.sleep(server.latency)
+                    if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                        return self._send(401, {"error": {"message": "Incorrect API key provided", "type": "auth"}})
+                    if server.models is not None and body.get("model") not in server.models:
+                        return self._send(404, {"error": {"message": f"model {body.get('model')} does not exist",
+                                                          "type": "not_found"}})
                     if self.path.endswith("/embeddings"):
                         return self._send(200, _embeddings(body))
                     if reply is None:
@@ -151,6 +182,11 @@ class FakeServer:
                     if reply.kind == "truncated_body":
                         full = json.dumps(_completion(body.get("model", ""), "cut")).encode()
                         return self._raw(200, full[: len(full) // 2])
+                    if reply.kind in ("cut_stream", "length", "slow_stream") and body.get("stream"):
+                        return self._stream(body.get("model", ""), reply.body, fault=reply)
+                    if reply.kind in ("cut_stream", "length", "slow_stream"):
+                        finish = "length" if reply.kind == "length" else "stop"
+                        return self._send(200, _completion(body.get("model", ""), reply.body, finish))
                     if reply.kind == "drop":
                         self.close_connection = True
                         try:
@@ -184,18 +220,31 @@ class FakeServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-            def _stream(self, model: str, content: str):
+            def _stream(self, model: str, content: str, fault: Fault | None = None):
+                def event(delta: dict, finish=None) -> bytes:
+                    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": model,
+                             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                    return f"data: {json.dumps(chunk)}\n\n".encode()
+
+                words = content.split(" ")
+                events = [event({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)]
+                kind = fault.kind if fault else ""
+                if kind == "cut_stream":
+                    tail = []  # the connection closes here: no finish_reason, no [DONE]
+                else:
+                    tail = [event({}, "length" if kind == "length" else "stop"), b"data: [DONE]\n\n"]
+                head = self._head(200, {"Content-Type": "text/event-stream", "Connection": "close"})
+                self.close_connection = True
                 try:
                     self.log_request(200)
-                    self.wfile.write(self._head(200, {"Content-Type": "text/event-stream", "Connection": "close"}))
-                    words = content.split(" ")
-                    for i, w in enumerate(words):
-                        piece = w if i == 0 else " " + w
-                        chunk = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": model,
-                                 "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
-                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
-                    self.wfile.write(b"data: [DONE]\n\n")
-                    self.close_connection = True
+                    if kind == "slow_stream":  # the only stream written in two pieces: a pause mid-reply
+                        half = max(1, len(events) // 2)
+                        self.wfile.write(head + b"".join(events[:half]))
+                        self.wfile.flush()
+                        time.sleep(fault.seconds)
+                        self.wfile.write(b"".join(events[half:] + tail))
+                    else:  # one write, as every other response
+                        self.wfile.write(head + b"".join(events + tail))
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 

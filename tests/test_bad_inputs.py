@@ -152,7 +152,10 @@ CASES = {
     "testset-empty": dict(argv=gca(bad("testset_empty.json")), expect=["testset_empty.json", "empty"]),
     "testset-non-utf8": dict(argv=gca(bad("testset_non_utf8.json")), expect=["testset_non_utf8.json", "UTF-8"]),
     "testset-missing-file": dict(argv=gca("{tmp}/absent_test.json"), expect=["absent_test.json", "not found"]),
-    "gca-existing-simulation-corrupt": dict(argv=gca("{tmp}/ok.json"), sim="simulation_corrupt.json",
+    # (with non-default env/nsp models a run never reads the reference-named file: judge it explicitly)
+    "gca-existing-simulation-corrupt": dict(argv=gca("{tmp}/ok.json", "--simulation_file",
+                                                     "{tmp}/exp/simulation/ok_fake-actor.json"),
+                                            sim="simulation_corrupt.json",
                                             expect=["ok_fake-actor.json", "JSON"]),
     "gca-limit-zero": dict(argv=gca("{tmp}/ok.json", "--limit", "0"), expect=["--limit"]),
     "gca-unknown-judge-404": dict(argv=[GCA, "--test_file", "{tmp}/ok.json", "--exp_dir", "{tmp}/exp",

@@ -97,21 +97,20 @@ def test_test_persona_code_and_published_sets():
         build_test_persona(shared_path("test", "test_set.json"), 999, "x")
 
 
-def test_card_v2_round_trip(tmp_path):
+def test_legacy_card_plays_profile_once_with_checked_greeting(tmp_path):
     p = build_book_persona(final_dir(), "Iago")
     card = to_card(p)
     assert card["spec"] == "chara_card_v2" and card["spec_version"] == "2.0"
-    assert set(card["data"]) == {"name", "description", "personality", "scenario", "first_mes", "mes_example",
-                                 "creator_notes", "system_prompt", "post_history_instructions",
-                                 "alternate_greetings", "tags", "creator", "character_version", "extensions"}
     d = card["data"]
-    assert d["first_mes"].startswith("Tush, never tell me") and "[" not in d["first_mes"]  # thoughts hidden
+    # the book's first "Iago" line ("That thou, Iago, ...") belongs to Roderigo in the play: not a greeting
+    assert not d["first_mes"].startswith("Tush, never tell me") and "[" not in d["first_mes"]
     assert d["mes_example"].startswith("<START>\n") and "{{char}}: [" in d["mes_example"]
     path = tmp_path / "iago.json"
     path.write_text(json.dumps(card), encoding="utf-8")
     back = card_persona(str(path))
     assert back.name == "Iago" and back.greet and back.first_mes == d["first_mes"]
-    assert back.system_prompt("local") == p.system_prompt("local")
+    prompt = back.system_prompt("local")
+    assert prompt.count(p.profile.split("\n")[-1][:200]) == 1 and "===Current Scenario===" in prompt
 
 
 def test_card_without_system_prompt_and_macros(tmp_path):
@@ -234,17 +233,23 @@ def test_empty_reply_is_reasked_and_failed_turn_leaves_no_history(fake_server, m
 def test_run_commands(fake_server, make_llm, tmp_path):
     fake_server.set_responder(lambda body: f"Reply {len(body['messages'])}")
     s = ChatSession(make_llm(), "gpt-4o-mini", raw_persona("You are a guard.", "system_prompt", "Guard"))
-    lines = iter(["Hi", "", "/bogus", "/save " + str(tmp_path / "mine.json"), "/reset", "Again", "/exit", "never"])
+    lines = iter(["Hi", "", "/bogus", "/save mine", "/save ../escape.json", "/reset", "Again", "/exit", "never"])
     out, err = io.StringIO(), io.StringIO()
     code = run(s, lambda prompt: next(lines), out=out, err=err, interactive=False, out_dir=str(tmp_path / "chat"))
     assert code == 0
     assert out.getvalue() == "Guard: Reply 2\nGuard: Reply 2\n"
-    assert "unknown command /bogus" in err.getvalue() and "(conversation reset)" in err.getvalue()
-    saved = json.loads((tmp_path / "mine.json").read_text(encoding="utf-8"))
-    # the final save goes to the /save path and holds the whole session after the reset
-    assert [t["user"] for t in saved["turns"]] == ["Again"] and saved["model"] == "gpt-4o-mini"
+    assert "unknown command /bogus" in err.getvalue() and "(conversation reset" in err.getvalue()
+    assert "error: /save ../escape.json: outside the transcript folder" in err.getvalue()
+    assert not (tmp_path / "escape.json").exists()
+    copy = json.loads((tmp_path / "chat" / "mine.json").read_text(encoding="utf-8"))
+    assert [t["user"] for t in copy["turns"]] == ["Hi"] and copy["model"] == "gpt-4o-mini"
+    # the final save does not follow /save: its own file, with the whole session, the reset included
+    final = [f for f in (tmp_path / "chat").glob("*_Guard.json")]
+    assert len(final) == 1
+    saved = json.loads(final[0].read_text(encoding="utf-8"))
+    assert [t["user"] for t in saved["turns"]] == ["Again"] and [t["user"] for t in saved["earlier"][0]] == ["Hi"]
     assert saved["settings"]["temperature"] == 0.7 and saved["usage"]["totals"]["calls"] == 2
-    assert not (tmp_path / "chat").exists()
+    assert [e["event"] for e in saved["events"]] == ["reset"]
 
 
 def test_run_max_turns_eof_and_ctrl_c(fake_server, make_llm, tmp_path):
@@ -283,3 +288,30 @@ def test_stale_back_reference_is_skipped_and_no_scene_falls_back(tmp_path):
     assert p.scenario == "Lamp room." and "===Your Inner Thoughts===\nAfraid." in p.prompt
     q = build_book_persona(str(tmp_path), "tom", user_role="Mara")
     assert q.scenario == "Tom is approached by Mara, who wants to talk." and "Mara: A keeper." in q.prompt
+
+
+def test_session_stop_from_another_thread_keeps_the_partial_reply(fake_server, make_llm):
+    """The terminal-free API (the web app's): stop() ends a streaming reply; /retry asks the next generation."""
+    from tests.fakeserver import Fault
+
+    fake_server.queue(Fault.slow_stream("one two three four five six", 30))
+    fake_server.set_responder(lambda body: "A fresh reply.")
+    s = ChatSession(make_llm(), "gpt-4o-mini", raw_persona("You are a guard.", "system_prompt", "Guard"))
+    seen = []
+
+    def on_token(piece):
+        seen.append(piece)
+        s.stop()  # e.g. a Stop button pressed while the first pieces show
+
+    turn = s.send("Hello", on_token=on_token)
+    assert turn["status"] == "stopped" and turn["reply"] == "".join(seen) and turn["reply"].startswith("one")
+    turn = s.retry(on_token=lambda piece: None)
+    assert [r["status"] for r in turn["replies"]] == ["stopped", "stop"] and turn["reply"] == "A fresh reply."
+    assert [r["nth"] for r in turn["replies"]] == [0, 1]
+    assert s.alt(1)["reply"].startswith("one") and s.messages[-1]["content"].startswith("one")
+    assert s.undo()["user"] == "Hello" and len(s.messages) == 1 and s.dropped[0]["user"] == "Hello"
+    with pytest.raises(InputError, match="nothing to retry"):
+        s.retry()
+    rec = s.record()
+    back = ChatSession.from_transcript(make_llm(), json.loads(json.dumps(rec)), "t.json")
+    assert back.dropped == s.dropped and back.messages == s.messages and back.resumed_from == ["t.json"]

@@ -112,13 +112,14 @@ def test_export_card_then_play_it(fake_server, llm_env, tmp_path):
     (["--system_file", "no/such/prompt.txt"], "error: no/such/prompt.txt: --system_file not found"),
     (["--card", "no/such/card.json"], "error: no/such/card.json: --card file not found"),
     (["--book_data", "FINAL"], "error: --book_data needs --character NAME"),
-    (["--character", "Iago"], "error: --character needs --book_data"),
+    (["--search", "Iago"], "error: --search goes with --list"),
+    (["--resume", "RESUME", "--character", "Iago"], "error: --resume continues a saved chat"),
     (["--system_prompt", "x", "--card", "y"], "error: choose one persona source"),
     (["--test_file", "TEST", "--sample", "7", "--character", "Iago"], "--sample 7 out of range (0..2)"),
 ])
 def test_errors_are_one_line(argv, expect, llm_env):
     argv = [a.replace("FINAL", shared_path("final")).replace("TEST", shared_path("test", "example_test_set.json"))
-            for a in argv]
+            .replace("RESUME", "no/such/transcript.json") for a in argv]
     r = run_script([CHAT, "--model", "gpt-4o-mini", *argv], env=llm_env, input="", timeout=60)
     assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -132,7 +133,8 @@ def test_remote_model_without_key_fails_before_reading(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"api_key": "YOUR_API_KEY"}))
     r = run_script([CHAT, "--model", "gpt-4o", "--system_prompt", "You are X.", "--config", tmp_path / "c.json"],
                    env=env, input="Hi\n", timeout=60)
-    assert r.returncode == 2 and "needs an API key" in r.stderr and "OPENAI_API_KEY" in r.stderr
+    assert r.returncode == 2 and "API key" in r.stderr and "OPENAI_API_KEY" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_endpoint_failure_in_piped_mode_is_one_line(fake_server, llm_env, tmp_path):
@@ -220,7 +222,7 @@ def tty_env(llm_env):
 def test_interactive_session_streams_and_saves(fake_server, tty_env, tmp_path):
     fake_server.set_responder(iago_responder)
     fake_server.latency = 0.0
-    saved = tmp_path / "kept.json"
+    saved = tmp_path / "chat" / "kept.json"
     term = Terminal(["--model", "gpt-4o-mini", "--book_data", shared_path("final"), "--character", "Iago",
                      "--hide_thoughts", "--out_dir", tmp_path / "chat"], tty_env)
     try:
@@ -230,7 +232,7 @@ def test_interactive_session_streams_and_saves(fake_server, tty_env, tmp_path):
         screen = term.expect("You asked: Who goes there?")
         assert "Iago: (steps from the shadow) You asked" in screen and "[He must not know me.]" not in screen
         term.expect("You: ")
-        term.send(f"/save {saved}\n")
+        term.send("/save kept\n")
         term.expect(f"saved: {saved}")
         term.send("/exit\n")
         term.expect("transcript:")
@@ -242,7 +244,8 @@ def test_interactive_session_streams_and_saves(fake_server, tty_env, tmp_path):
     assert req["stream"] is True  # the reply arrived as a stream of deltas
     t = json.loads(saved.read_text(encoding="utf-8"))
     assert t["turns"][0]["user"] == "Who goes there?" and t["turns"][0]["reply"].startswith("Iago: [He must")
-    assert not (tmp_path / "chat").exists()  # the final save went to the /save path
+    # /save wrote a copy; the final transcript is a file of its own
+    assert len(list((tmp_path / "chat").glob("*_Iago.json"))) == 1
 
 
 def test_interactive_ctrl_c_ends_cleanly(fake_server, tty_env, tmp_path):
@@ -280,10 +283,11 @@ def test_offline_local_model_answers(tmp_path):
     assert t["model"] == "local" and t["turns"][0]["reply"].strip()
 
 
-def test_interactive_ctrl_c_during_a_reply_and_ctrl_d(fake_server, tty_env, tmp_path):
+def test_interactive_ctrl_c_during_a_reply_returns_to_the_prompt_and_ctrl_d_ends(fake_server, tty_env, tmp_path):
     from tests.fakeserver import Fault
 
     fake_server.queue("Stand and unfold yourself.", Fault.hang(20))
+    fake_server.set_responder(lambda body: "Bernardo?")
     term = Terminal(["--model", "gpt-4o-mini", "--system_prompt", "You are Francisco, a sentry.", "--name",
                      "Francisco", "--out_dir", tmp_path], tty_env)
     try:
@@ -292,28 +296,25 @@ def test_interactive_ctrl_c_during_a_reply_and_ctrl_d(fake_server, tty_env, tmp_
         term.expect("You: ")
         term.send("Long live the king!\n")
         term.expect("Francisco: ")
-        time.sleep(0.5)  # the request is in flight
+        time.sleep(0.5)  # the request is in flight, nothing has arrived yet
         started = time.monotonic()
         term.send("\x03")
-        term.expect("transcript:", timeout=10)
-        assert term.wait() == 0 and time.monotonic() - started < 10
-    finally:
-        if term.proc.poll() is None:
-            term.proc.kill()
-    t = json.loads(next(tmp_path.glob("*_Francisco.json")).read_text(encoding="utf-8"))
-    assert [x["user"] for x in t["turns"]] == ["Who's there?"]  # the interrupted turn is not kept
-    assert t["messages"][-1]["role"] == "assistant"
-    # Ctrl-D at the prompt ends the chat too
-    term = Terminal(["--model", "gpt-4o-mini", "--system_prompt", "You are Francisco.", "--out_dir", tmp_path / "d"],
-                    tty_env)
-    try:
+        term.expect("(stopped before the reply began; nothing kept)", timeout=20)
+        assert time.monotonic() - started < 20
         term.expect("You: ")
-        term.send("\x04")
-        assert term.wait() == 0
+        term.send("Long live the king!\n")  # the chat goes on
+        term.expect("Bernardo?")
+        term.expect("You: ")
+        term.send("\x04")  # Ctrl-D at the prompt ends the chat
+        term.expect("transcript:")
+        assert term.wait(60) == 0
     finally:
         if term.proc.poll() is None:
             term.proc.kill()
     assert "Traceback" not in term.seen
+    t = json.loads(next(tmp_path.glob("*_Francisco.json")).read_text(encoding="utf-8"))
+    assert [x["user"] for x in t["turns"]] == ["Who's there?", "Long live the king!"]
+    assert t["turns"][1]["reply"] == "Bernardo?" and t["messages"][-1]["role"] == "assistant"
 
 
 def test_interactive_no_arguments_asks_for_a_system_prompt(fake_server, tty_env, tmp_path):
@@ -333,3 +334,37 @@ def test_interactive_no_arguments_asks_for_a_system_prompt(fake_server, tty_env,
         if term.proc.poll() is None:
             term.proc.kill()
     assert fake_server.chat_requests()[0]["messages"][0] == {"role": "system", "content": "You are Horatio, a scholar."}
+
+
+# ---- defaults that follow the configuration ---------------------------------------------------
+def test_model_defaults_to_local_only_when_nothing_is_configured(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["COSER_CACHE_DIR"] = str(tmp_path / ".cache")
+    r = run_script([CHAT, "--system_prompt", "You are X.", "--out_dir", tmp_path], env=env, input="", cwd=tmp_path,
+                   timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "note: no API key or models configured: chatting with the embedded offline model 'local'" in r.stderr
+
+
+def test_model_defaults_to_the_configured_model(fake_server, llm_env, tmp_path):
+    from coser import config
+
+    if not hasattr(config, "configured_default_model"):
+        pytest.skip("coser.config.configured_default_model not available yet")
+    fake_server.set_responder(lambda body: "Halt!")
+    # a remote key configured: the configured default model, over HTTP
+    r = run_script([CHAT, "--system_prompt", "You are a guard.", "--name", "Guard", "--out_dir", tmp_path / "a"],
+                   env=llm_env, input="Hello\n", cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "Guard: Halt!\n" and "embedded offline model" not in r.stderr
+    want = config.configured_default_model(config.Settings(api_key=llm_env["OPENAI_API_KEY"]))
+    assert [q["model"] for q in fake_server.chat_requests()] == [want] and want != "local"
+    # no key, only a `models` entry with its own endpoint: that entry
+    env = {k: v for k, v in llm_env.items() if not k.startswith("OPENAI_")}
+    (tmp_path / "config.json").write_text(json.dumps({"models": {"my-vllm": {"base_url": fake_server.base_url}}}))
+    r = run_script([CHAT, "--system_prompt", "You are a guard.", "--name", "Guard", "--out_dir", tmp_path / "b"],
+                   env=env, input="Hello again\n", cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "Guard: Halt!\n" and fake_server.chat_requests()[-1]["model"] == "my-vllm"
+    t = json.loads(next((tmp_path / "b").glob("*_Guard.json")).read_text(encoding="utf-8"))
+    assert t["model"] == "my-vllm"

@@ -127,8 +127,10 @@ def output_files(root, allow_temp=False):
     can remove it at that moment); such files are then skipped instead of failing."""
     files = {}
     for folder, dirs, names in os.walk(root):
-        dirs[:] = [d for d in dirs if d != ".cache"]
+        dirs[:] = [d for d in dirs if d not in (".cache", "runs")]  # runs/: per-invocation records and logs
         for name in names:
+            if name == ".lock":  # the output folder's lock (holds the PID of the run that held it)
+                continue
             rel = os.path.relpath(os.path.join(folder, name), root)
             if name.startswith(".tmp-") and allow_temp:
                 continue

@@ -63,9 +63,17 @@ def test_rejudging_published_simulation_reproduces_bleu_rouge(fake_server, llm_e
     fake_server.reset()
     r = run_script([GCA], env=llm_env, cwd=tmp_path)
     assert r.returncode == 0 and fake_server.chat_requests() == []
-    # A different judge does not silently reuse (or average with) another judge's scores.
+    # A different judge never reuses (or overwrites) another judge's scores: it gets its own file.
+    first = read(tmp_path / "exp" / "evaluation" / "test_set_gpt-4o.json")
     r = run_script([GCA, "--judge_model", "gpt-4o-mini"], env=llm_env, cwd=tmp_path)
-    assert r.returncode == 2 and "--reevaluate" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 0, r.stderr
+    assert len([b for b in fake_server.chat_requests() if b["model"] == "gpt-4o-mini"]) == 12
+    assert read(tmp_path / "exp" / "evaluation" / "test_set_gpt-4o.json") == first
+    other = [n for n in os.listdir(tmp_path / "exp" / "evaluation") if n.startswith("test_set_gpt-4o_spec=")]
+    assert len(other) == 1 and other[0] in r.stderr
+    ev = read(tmp_path / "exp" / "evaluation" / other[0])
+    assert ev["judge_model"] == "gpt-4o-mini" and ev["spec"]["roles"]["judge"]["model"] == "gpt-4o-mini"
+    assert ev["spec"]["source"] == "reference-implementation" and ev["spec_hash"] in other[0]
 
 
 def test_judge_failures_are_counted_not_fatal(fake_server, llm_env, tmp_path):
@@ -218,11 +226,15 @@ def test_files_of_another_test_set_with_the_same_name_are_not_reused(fake_server
         json.dump(other, f)
     fake_server.set_responder(responder())
     r = run_script([GCA], env=llm_env, cwd=tmp_path)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    line = r.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: exp/simulation/test_set_gpt-4o.json: lacks 2 of the 2 samples") and \
-        "--regenerate" in line, r.stderr
-    assert sim.read_bytes() == before and fake_server.chat_requests() == []
+    # Another sample set is another spec: simulated into its own, suffixed file; the published one is untouched.
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert sim.read_bytes() == before and fake_server.chat_requests() != []
+    own = [n for n in os.listdir(tmp_path / "exp" / "simulation") if n.startswith("test_set_gpt-4o_spec=")]
+    assert len(own) == 1 and f"simulation: exp/simulation/{own[0]}" in r.stderr
+    recs = read(tmp_path / "exp" / "simulation" / own[0])
+    assert [r_["i_p"] for r_ in recs] == [o["i_p"] for o in other]
+    assert recs[0]["spec"]["test_set"]["keys"] == [f"{o['book']}-{o['i_p']}-{o['i_c']}" for o in other]
+    assert not os.path.exists(tmp_path / "exp" / "evaluation" / "test_set_gpt-4o.json")
     # Samples that the file holds are reused in test-file order, even when it holds more.
     subset = read(shared_path("test", "example_test_set.json"))[1:]
     with open(tmp_path / "data" / "test" / "test_set.json", "w", encoding="utf-8") as f:

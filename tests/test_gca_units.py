@@ -36,7 +36,7 @@ ITEM = {
 
 def opts(**kw):
     base = dict(actor_model="gpt-4o", env_model="gpt-4o", nsp_model="gpt-4o-mini", continue_from=0,
-                wo_thought=False, retrieval=None, use_motivation=False)
+                wo_thought=False, retrieval=None, use_motivation=False, protocol="fixed")  # reference: test_protocol.py
     base.update(kw)
     return types.SimpleNamespace(**base)
 

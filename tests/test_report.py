@@ -280,7 +280,8 @@ def test_report_on_a_real_evaluation_run(fake_server, llm_env, tmp_path):
     assert "judges: judge-x" in res.stdout
     md = (exp / "report.md").read_text(encoding="utf-8")
     assert "## Judge: judge-x" in md and md.count("| judge-x |") >= 2
-    assert re.search(r"\| example_test_set_gpt-4o-mini \| gpt-4o-mini( \(reference file, no spec\))? \| none \|", md)
+    # (judge/env/nsp other than the reference's defaults: the file names carry a _spec=HASH suffix)
+    assert re.search(r"\| example_test_set_gpt-4o-mini(_spec=[0-9a-f]+)? \| gpt-4o-mini( \(reference file, no spec\))? \| none \|", md)
     assert "Paired comparisons" in md
     pages = list((exp / "report" / "cases" / "judge-x").rglob("*.html"))
     assert len(pages) == 4
