@@ -38,12 +38,17 @@ def main(argv=None) -> int:
     ap.add_argument("--limit_chunks", type=int, default=3, help="chunks of the book to extract (the embedded model is slow)")
     ap.add_argument("--limit", type=int, default=2, help="GCA samples to simulate and judge")
     ap.add_argument("--num_workers", type=int, default=2)
+    # The reference's extraction acceptance (sentence anchoring, no local schema) rejects nearly every reply of the
+    # 135M embedded model, which leaves the demo without a test scene; the fixed protocol keeps the bounded local
+    # schema. Pass --construction_protocol reference with a real --model to build data the reference's way.
+    ap.add_argument("--construction_protocol", choices=["reference", "fixed"], default="fixed",
+                    help="protocol for data construction (default %(default)s: see README, protocols)")
     a = ap.parse_args(argv)
     m = a.model
     t0 = time.time()
     _run(["data_construction/main.py", "--input", a.input, "--output_dir", a.data_dir, "--model", m,
           "--candidate_model", m, "--chunk_size", str(a.chunk_size), "--limit_chunks", str(a.limit_chunks),
-          "--num_workers", str(a.num_workers)])
+          "--num_workers", str(a.num_workers), "--protocol", a.construction_protocol])
     _run(["data_construction/transform.py", "--dir", a.data_dir])
     test_file = os.path.join(a.data_dir, "test", "test_set.json")
     with open(os.path.join(REPO, test_file), encoding="utf-8") as f:
