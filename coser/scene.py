@@ -8,8 +8,9 @@ separators, the Environment role label, fallback speakers) come from one generat
 
 Two protocols (coser/protocol): `reference` reproduces the reference implementation's requests and
 recorded outcomes (PROTOCOL.md 1, 5, 6, 7, 8, 9); `fixed` is this toolkit's improved behaviour.
-Used by gca_evaluation/main.py and by the web app; `on_event(kind, payload)` streams each turn as it
-is produced and `human_turn(character, state) -> str | None` lets a person speak for a character.
+Used by gca_evaluation/main.py and by the web app (one implementation, so a scene watched live is the
+scene the script writes); `on_event(kind, payload)` streams each turn, token by token, as it is produced
+and `human_turn(character, state) -> str | None` lets a person speak for a character.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import inspect
 import random
 from typing import Callable, Optional
 
+from coser import gca_prompts as P
 from coser import protocol as PR
+from coser import runspec as RS
 from coser.prompts import (CONVERSATION_START, END_CHAT, ENVIRONMENT, NSP, RAG_PLACEHOLDER, get_character_prompt,
                            get_environment_prompt, get_nsp_prompt)
 from coser.text import (add_speaker_name, append_message, fix_repetition, own_segment, parse_nsp,
@@ -104,14 +107,16 @@ class Agent:
                 RAG_PLACEHOLDER, RAG_WRAP.format(knowledge=knowledge))
         return messages
 
-    def chat(self) -> str:
+    def chat(self, on_token=None) -> str:
+        """This agent's next turn. on_token (streaming to a viewer) changes neither request nor cache key."""
         messages = self._request_messages()
+        kw = {"on_token": on_token} if on_token is not None else {}
         if self.protocol == "reference":
-            reply = reference_chat(self.llm, self.model, messages, MAX_TOKENS, self.stage)
+            reply = reference_chat(self.llm, self.model, messages, MAX_TOKENS, self.stage, **kw)
             if self.name == NSP:
                 return reply
             return PR.finish_turn(reply, self.name, self.model)
-        reply = self.llm.chat_retry(self.model, messages, max_tokens=MAX_TOKENS, stage=self.stage)
+        reply = self.llm.chat_retry(self.model, messages, max_tokens=MAX_TOKENS, stage=self.stage, **kw)
         if self.name == NSP:
             return reply
         if _prefix_family(self.model):
@@ -170,13 +175,13 @@ def simulate(llm, item: dict, opts, rng: random.Random, databases=None,
 
     opts: actor_model, env_model, nsp_model, continue_from, wo_thought, retrieval, use_motivation,
     protocol ('reference' when absent). databases: character -> list of retrievers.
-    on_event(kind, payload): called with ("turn", {"round", "role", "content"}) for every record entry
-    as it is produced, then ("end", {"rounds"}).
+    on_event(kind, payload): ("speak", {"round", "role"}) when an agent (or the person) starts a turn,
+    ("token", {"round", "role", "text"}) for each streamed piece of it, ("discard", {"round", "role"})
+    when a stream broke and is asked again (drop the pieces shown), ("turn", {"round", "role", "content"})
+    for every record entry as it is final, then ("end", {"rounds"}). Without on_event nothing streams.
     human_turn(character, state): when it returns a string, that string is the character's turn
     (no model call); None lets the model speak. state = {"round", "simulation"}.
     """
-    from gca_evaluation import prompts as P  # the fixed protocol's own-words instructions
-
     protocol = getattr(opts, "protocol", None) or PR.DEFAULT_PROTOCOL
     item = copy.deepcopy(item)
     speaking = item["speaking_characters_w_env"]
@@ -228,10 +233,12 @@ def simulate(llm, item: dict, opts, rng: random.Random, databases=None,
                 else:
                     reply = dialogues[r + 1]["character"] if r < len(dialogues) - 1 else END_CHAT
             else:
+                emit("speak", {"round": r, "role": actor})
                 supplied = None
                 if human_turn is not None and actor != NSP:
                     supplied = human_turn(actor, {"round": r, "simulation": list(log)})
-                reply = supplied if supplied is not None else agents[actor].chat()
+                tokens = _Tokens(emit, r, actor) if on_event is not None else None
+                reply = supplied if supplied is not None else agents[actor].chat(tokens)
             if actor == NSP:
                 predicted = PR.predict_nsp(reply) if protocol == "reference" else parse_nsp(reply)
                 valid = True
@@ -261,6 +268,36 @@ def simulate(llm, item: dict, opts, rng: random.Random, databases=None,
     emit("end", {"rounds": rounds})
     return {"book_title": item["book"], "i_p": item["i_p"], "i_c": item["i_c"], "circumstance": item,
             "simulation": log, "involved_character_profiles": profiles}
+
+
+class _Tokens:
+    """on_token of one turn: pieces become "token" events; the client calls discard() before it asks
+    again after a stream broke mid-way, so a viewer drops what it showed."""
+
+    def __init__(self, emit, r: int, role: str):
+        self.emit, self.where = emit, {"round": r, "role": role}
+
+    def __call__(self, piece: str) -> None:
+        self.emit("token", {**self.where, "text": piece})
+
+    def discard(self) -> None:
+        self.emit("discard", dict(self.where))
+
+
+def sim_settings(opts, repeat: int = 0) -> dict:
+    """The settings a simulation's run spec records (coser/runspec.py): those that change its outcome."""
+    return {"continue_from": opts.continue_from, "wo_thought": opts.wo_thought,
+            "use_motivation": opts.use_motivation, "retrieval": opts.retrieval, "seed": opts.seed,
+            "repeat": repeat, "max_tokens": MAX_TOKENS}
+
+
+def simulation_spec(llm, opts, test_file: str | None, items: list[dict], repeat: int = 0) -> dict:
+    """The run spec gca_evaluation/main.py writes with a simulation of these items (one item: its
+    --sample_ids run), so a scene run elsewhere (the web app) carries the identical record."""
+    roles = {"actor": opts.actor_model, "env": opts.env_model, "nsp": opts.nsp_model}
+    return RS.build_spec("simulation", llm, roles, sim_settings(opts, repeat),
+                         RS.test_set_info(test_file, items, [sample_key(it) for it in items]),
+                         getattr(opts, "protocol", None) or PR.DEFAULT_PROTOCOL)
 
 
 def _fallback(rng: random.Random, majors: list, speaking: list, current: str) -> str:

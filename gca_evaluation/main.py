@@ -25,7 +25,7 @@ from coser.pool import map_ordered  # noqa: E402
 from coser import runspec as RS  # noqa: E402
 from gca_evaluation import judge as J  # noqa: E402
 from gca_evaluation.retrieval import MODES, Embedder, Retrievers  # noqa: E402
-from gca_evaluation.simulation import sample_key, sample_rng, simulate  # noqa: E402
+from gca_evaluation.simulation import sample_key, sample_rng, sim_settings, simulate  # noqa: E402
 
 
 DEFAULT_JUDGE = "gpt-4o"
@@ -289,13 +289,6 @@ def run_judging(llm, args, records: list[dict], eval_path: str, judge: str | Non
     atomic_write_json(eval_path, evaluation)
     ck.clear()
     return evaluation
-
-
-def sim_settings(args, nth_exp: int) -> dict:
-    from gca_evaluation.simulation import MAX_TOKENS
-    return {"continue_from": args.continue_from, "wo_thought": args.wo_thought,
-            "use_motivation": args.use_motivation, "retrieval": args.retrieval, "seed": args.seed,
-            "repeat": nth_exp, "max_tokens": MAX_TOKENS}
 
 
 def is_reference_default(spec: dict) -> bool:

@@ -45,9 +45,10 @@ class App:
         except urllib.error.HTTPError as e:
             return e.code, json.loads(e.read())
 
-    def sse(self, body):
-        """POST /api/chat; returns [(event, data, seconds since the request)] as they arrived."""
-        req = urllib.request.Request(self.url + "/api/chat", data=json.dumps(body).encode(),
+    def sse(self, body, path="/api/chat", on_event=None):
+        """POST an event-stream endpoint; returns [(event, data, seconds since the request)] as they
+        arrived. on_event(event, data) is called for each as it arrives (to answer mid-stream)."""
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
         start, out = time.monotonic(), []
         with urllib.request.urlopen(req, timeout=60) as r:
@@ -59,6 +60,8 @@ class App:
                     event = line[7:]
                 elif line.startswith("data: "):
                     out.append((event, json.loads(line[6:]), time.monotonic() - start))
+                    if on_event is not None:
+                        on_event(event, out[-1][1])
         return out
 
 
@@ -261,6 +264,7 @@ def test_browser_browse_chat_thoughts_compare(web_app, fake_server, tmp_path):
         b.get(web_app.url + "/")
         box = wait.until(EC.presence_of_element_located((By.ID, "search")))
         box.send_keys("Iago")
+        wait.until(lambda d: 'matching "Iago"' in d.find_element(By.ID, "search-note").text)  # not the first list
         link = wait.until(EC.element_to_be_clickable((By.XPATH, "//ul[@id='results']//a[text()='Iago']")))
         link.click()
         wait.until(lambda d: "manipulat" in d.find_element(By.ID, "profile").text)

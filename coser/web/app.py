@@ -1,4 +1,5 @@
-"""The web app: Browse (books, characters, cards), Chat (streamed over SSE), Compare (blind votes) and Preferences.
+"""The web app: Browse (books, characters, cards), Chat (streamed over SSE), Scene (a live GCA simulation),
+Compare (blind votes on one turn or a whole scene) and Preferences (win rates, judge-vs-human agreement).
 
 Every LLM call goes through the process-wide coser.llm.LLM built by coser.cli.setup, so the app shares
 the scripts' settings, cache and usage accounting. Chats are coser.chatsession.ChatSession objects and
@@ -10,7 +11,6 @@ import argparse
 import asyncio
 import datetime
 import json
-import math
 import os
 import random
 import sys
@@ -22,174 +22,15 @@ from ..chatsession import ChatSession, ReplyStopped, default_transcript_path
 from ..config import LOCAL_MODEL, is_local
 from ..errors import CoserError, InputError
 from ..io import read_json
-from ..persona import book_files, default_book_data, build_book_persona, build_test_persona, load_book
+from ..persona import build_book_persona, build_test_persona, default_book_data
+from .library import SEARCH_LIMIT, Library
+from .scene_api import scene_routes
+from .sse import event_stream
+from .prefs import read_votes, wilson, win_rates  # noqa: F401  (wilson: part of the module's API)
 
 STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 DEFAULT_PORT = 8765
-SEARCH_LIMIT = 200
 CHOICES = ("left", "right", "tie")
-
-
-# ---- data -----------------------------------------------------------------------------------------
-class Library:
-    """The final book files and an optional test set, loaded once and indexed for search."""
-
-    def __init__(self, book_data: str | None, test_file: str | None):
-        self.books: dict[str, dict] = {}
-        self.skipped: list[str] = []
-        if book_data:
-            for name, path in book_files(book_data):
-                try:
-                    self.books[name] = load_book(path)
-                except InputError as e:  # a folder may hold other JSON (test sets, run records)
-                    self.skipped.append(str(e))
-        self.test_file = test_file
-        self.items = []
-        if test_file:
-            items = read_json(test_file, "test set")
-            if not isinstance(items, list):
-                raise InputError(f"{test_file}: expected a JSON list of test items")
-            self.items = items
-        self.index = []
-        for book, data in self.books.items():
-            for name, entry in data["character_datasets"].items():
-                if not isinstance(entry, dict):
-                    continue
-                self.index.append({"book": book, "name": name,
-                                   "utterances": len(entry.get("utterances") or []),
-                                   "conversations": len(entry.get("conversations") or [])})
-        self.index.sort(key=lambda r: (-r["utterances"], r["name"], r["book"]))
-
-    def search(self, q: str) -> list[dict]:
-        q = q.strip().lower()
-        hits = [r for r in self.index if not q or q in r["name"].lower() or q in r["book"].lower()]
-        # A name hit ranks above a book-title hit.
-        hits.sort(key=lambda r: (0 if q and q in r["name"].lower() else 1))
-        return hits[:SEARCH_LIMIT]
-
-    def book_list(self) -> list[dict]:
-        return [{"book": b, "characters": len(d["character_datasets"]), "plots": len(d["plots"])}
-                for b, d in self.books.items()]
-
-    def entry(self, book: str, name: str) -> tuple[dict, dict]:
-        data = self.books.get(book)
-        if data is None:
-            raise InputError(f"book {book!r} not found")
-        entry = data["character_datasets"].get(name)
-        if not isinstance(entry, dict):
-            raise InputError(f"character {name!r} not found in {book!r}")
-        return data, entry
-
-    def character(self, book: str, name: str) -> dict:
-        """Profile, plots and the conversations the character is in (every line, own ones flagged)."""
-        data, entry = self.entry(book, name)
-        plots = {}
-        for p in entry.get("plots") or []:
-            if isinstance(p, dict) and isinstance(p.get("i_p"), int):
-                plots[p["i_p"]] = {"i_p": p["i_p"], "description": str(p.get("description") or ""),
-                                   "experience": str(p.get("experience") or ""), "summary": "", "conversations": []}
-        for c in entry.get("conversations") or []:
-            if not isinstance(c, dict):
-                continue
-            i_p, i_c = c.get("i_p"), c.get("i_c")
-            try:
-                conv = data["plots"][i_p]["conversation"][i_c]
-            except (IndexError, KeyError, TypeError):
-                continue
-            if not isinstance(conv, dict):
-                continue
-            lines = [{"character": str(d.get("character") or d.get("name") or ""), "message": str(d.get("message") or ""),
-                      "own": (d.get("character") or d.get("name")) == name}
-                     for d in conv.get("dialogues") or [] if isinstance(d, dict)]
-            plot = plots.setdefault(i_p, {"i_p": i_p, "description": "", "experience": "", "summary": "",
-                                          "conversations": []})
-            plot["conversations"].append({"i_c": i_c, "scenario": str(conv.get("scenario") or ""),
-                                          "motivation": str(c.get("motivation") or c.get("thought") or ""),
-                                          "dialogues": lines})
-        for i_p, plot in plots.items():
-            try:
-                plot["summary"] = str(data["plots"][i_p].get("summary") or "")
-            except (IndexError, TypeError, AttributeError):
-                pass
-        return {"book": book, "name": name, "profile": str(entry.get("profile") or ""),
-                "utterances": len(entry.get("utterances") or []),
-                "plots": [plots[k] for k in sorted(plots, key=lambda x: (not isinstance(x, int), x))]}
-
-    def test_items(self, q: str = "") -> list[dict]:
-        q = q.strip().lower()
-        out = []
-        for i, item in enumerate(self.items):
-            if not isinstance(item, dict):
-                continue
-            chars = [c for c in item.get("speaking_characters_w_env") or [] if c != "Environment"]
-            row = {"index": i, "book": str(item.get("book") or ""), "scenario": str(item.get("scenario") or ""),
-                   "characters": chars}
-            if not q or q in row["book"].lower() or any(q in c.lower() for c in chars):
-                out.append(row)
-        return out[:SEARCH_LIMIT]
-
-
-# ---- preferences --------------------------------------------------------------------------------
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def read_votes(pref_dir: str) -> list[dict]:
-    votes = []
-    if not os.path.isdir(pref_dir):
-        return votes
-    for name in sorted(os.listdir(pref_dir)):
-        if not name.endswith(".jsonl"):
-            continue
-        with open(os.path.join(pref_dir, name), encoding="utf-8") as f:
-            for line in f:
-                try:
-                    v = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line of an interrupted write
-                if isinstance(v, dict) and isinstance(v.get("candidates"), list) and len(v["candidates"]) == 2:
-                    votes.append(v)
-    return votes
-
-
-def win_rates(votes: list[dict]) -> dict:
-    """Per model: wins over decisive votes (ties counted apart), with 95% Wilson intervals; and per pair."""
-    models: dict[str, dict] = {}
-    pairs: dict[tuple, dict] = {}
-    for v in votes:
-        a, b = (str(c.get("label") or c.get("model")) for c in v["candidates"])
-        winner = v.get("winner")
-        key = tuple(sorted((a, b)))
-        pair = pairs.setdefault(key, {"a": key[0], "b": key[1], "a_wins": 0, "b_wins": 0, "ties": 0})
-        for m in (a, b):
-            models.setdefault(m, {"model": m, "wins": 0, "losses": 0, "ties": 0})
-        if winner in (a, b) and a != b:
-            loser = b if winner == a else a
-            models[winner]["wins"] += 1
-            models[loser]["losses"] += 1
-            pair["a_wins" if winner == key[0] else "b_wins"] += 1
-        else:
-            models[a]["ties"] += 1
-            if b != a:
-                models[b]["ties"] += 1
-            pair["ties"] += 1
-    for m in models.values():
-        n = m["wins"] + m["losses"]
-        m["decisive"] = n
-        m["win_rate"] = m["wins"] / n if n else None
-        m["ci95"] = list(wilson(m["wins"], n))
-    for p in pairs.values():
-        n = p["a_wins"] + p["b_wins"]
-        p["a_win_rate"] = p["a_wins"] / n if n else None
-        p["ci95"] = list(wilson(p["a_wins"], n))
-    return {"votes": len(votes), "models": sorted(models.values(), key=lambda m: -(m["win_rate"] or 0)),
-            "pairs": list(pairs.values())}
 
 
 # ---- the app ------------------------------------------------------------------------------------
@@ -198,6 +39,7 @@ class State:
         self.args, self.llm, self.library = args, llm, library
         self.sessions: dict[str, dict] = {}
         self.pairs: dict[str, dict] = {}
+        self.scenes: dict = {}  # live scenes by id (coser/web/scenes.py), while their stream is open
         self.lock = threading.Lock()
         self.vote_lock = threading.Lock()
 
@@ -260,7 +102,7 @@ def _number(body: dict, key: str, default, kind):
 
 def build_app(state: State):
     from starlette.applications import Starlette
-    from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+    from starlette.responses import FileResponse, JSONResponse, Response
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
@@ -321,7 +163,8 @@ def build_app(state: State):
         return JSONResponse({"items": state.library.test_items(request.query_params.get("q", ""))})
 
     async def models(request):
-        return JSONResponse({"models": state.models(), "default": state.args.model})
+        judges = [j.strip() for j in state.args.judges.split(",") if j.strip()] or [state.args.model]
+        return JSONResponse({"models": state.models(), "default": state.args.model, "judges": judges})
 
     async def new_session(request):
         body = await body_of(request)
@@ -369,16 +212,10 @@ def build_app(state: State):
             raise InputError(f"unknown action {action!r} (send, retry, edit)")
         if action != "send" and not session.turns:
             raise InputError(f"nothing to {action} yet")
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
 
-        def put(kind, data):
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, data))
-
-        def work():
+        def work(put):
             if not s["lock"].acquire(blocking=False):
                 put("error", {"message": "a reply is already being generated in this chat"})
-                put(None, None)
                 return
             try:
                 kw = {"on_token": lambda piece: put("token", {"text": piece}),
@@ -393,25 +230,10 @@ def build_app(state: State):
                 put("done", {"turn": turn, "turns": len(session.turns), "transcript": path})
             except ReplyStopped:
                 put("error", {"message": "stopped before the reply began"})
-            except CoserError as e:
-                put("error", {"message": str(e)})
-            except Exception as e:  # noqa: BLE001  (the stream must end with a readable error)
-                put("error", {"message": f"{type(e).__name__}: {e}"})
             finally:
                 s["lock"].release()
-                put(None, None)
 
-        threading.Thread(target=work, daemon=True).start()
-
-        async def events():
-            while True:
-                kind, data = await queue.get()
-                if kind is None:
-                    break
-                yield f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return event_stream(work)
 
     async def chat_edit(request):
         """undo / alt N / reset / save: the history changes without generating."""
@@ -477,7 +299,8 @@ def build_app(state: State):
         state.pairs.pop(str(body.get("pair")), None)
         left, right = (pair["candidates"][i] for i in pair["order"])
         winner = left["label"] if choice == "left" else right["label"] if choice == "right" else None
-        record = {"item": pair["item"], "turn": pair["turn"], "candidates": pair["candidates"],
+        record = {"kind": pair.get("kind", "turn"), "item": pair["item"], "turn": pair["turn"],
+                  "candidates": pair["candidates"],
                   "sides": {"left": left["label"], "right": right["label"]}, "choice": choice, "winner": winner,
                   "settings": pair["settings"],
                   "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -505,6 +328,7 @@ def build_app(state: State):
         Route("/api/compare", guarded(compare), methods=["POST"]),
         Route("/api/vote", guarded(vote), methods=["POST"]),
         Route("/api/preferences", guarded(preferences)),
+        *scene_routes(state, body_of, guarded),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(routes=routes)
@@ -533,8 +357,8 @@ def _append_line(path: str, record: dict, lock: threading.Lock) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m coser.web",
-                                description="Local web app: browse book characters, chat with them, compare models "
-                                            "blind and collect preferences.")
+                                description="Local web app: browse book characters, chat with them, watch a GCA "
+                                            "scene live, compare models blind and collect preferences.")
     p.add_argument("--book_data", default=None, help="folder of final book files (default: data/final, else the "
                                                      "published ones, as chat.py)")
     p.add_argument("--test_file", default=None, help="a test set to step into (e.g. data/test/test_set.json)")
@@ -547,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default=os.path.join("exp", "chat"), help="chat transcripts (default %(default)s)")
     p.add_argument("--pref_dir", default=os.path.join("exp", "preferences"),
                    help="blind-comparison votes, JSONL (default %(default)s)")
+    p.add_argument("--scene_dir", default=os.path.join("exp", "scenes"),
+                   help="finished live scenes, one simulation file each (default %(default)s)")
+    p.add_argument("--judges", default="", metavar="A,B,...",
+                   help="judge models for judge-vs-human agreement on the Preferences page (default: --model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default %(default)s; 0 picks a free one)")
     cli.add_common_args(p, workers=True, workers_default=4)

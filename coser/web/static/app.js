@@ -64,17 +64,20 @@ function route() {
   const p = params(hash);
   if (name === "character") showCharacter(p.get("book") || "", p.get("name") || "");
   if (name === "chat") setupChat(whoFrom(p));
-  if (name === "compare") setupCompare(whoFrom(p));
+  if (name === "compare") { setupCompare(whoFrom(p)); setupScene(); }
+  if (name === "scene") setupScene();
   if (name === "prefs") showPrefs();
 }
 window.addEventListener("hashchange", route);
 
 // ---- browse -----------------------------------------------------------------------------------
-let searchTimer = null;
+let searchTimer = null, searchSeq = 0;
 async function search() {
   const q = $("search").value;
+  const seq = ++searchSeq;
   try {
     const data = await api("/api/characters?q=" + encodeURIComponent(q));
+    if (seq !== searchSeq) return;  // a later query is under way: never show an earlier one's answer over it
     const ul = $("results");
     ul.replaceChildren();
     for (const c of data.characters) {
@@ -84,9 +87,11 @@ async function search() {
       li.append(a, el("span", "muted", ` — ${c.book} · ${c.utterances} lines, ${c.conversations} conversations`));
       ul.appendChild(li);
     }
-    $("search-note").textContent = `${data.characters.length} character(s)` + (data.characters.length >= 200 ? " (first 200)" : "");
+    $("search-note").textContent = `${data.characters.length} character(s)` + (q ? ` matching "${q}"` : "") +
+      (data.characters.length >= 200 ? " (first 200)" : "");
     if (state.hasTests) {
       const t = await api("/api/test_items?q=" + encodeURIComponent(q));
+      if (seq !== searchSeq) return;
       const tl = $("test-results");
       tl.replaceChildren();
       for (const it of t.items.slice(0, 50)) {
@@ -243,13 +248,14 @@ async function startChat() {
   } catch (e) { $("chat-status").textContent = "error: " + e.message; }
 }
 
-// POST /api/chat and read its server-sent events as they arrive.
-async function streamChat(body, onToken, onDiscard) {
-  const r = await fetch("/api/chat", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+// POST to an event-stream endpoint; onEvent(kind, data) for each server-sent event as it arrives.
+// An `error` event throws. `signal` (an AbortController's) lets the page walk away from a stream.
+async function postEvents(path, body, onEvent, signal) {
+  const r = await fetch(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal });
   if (!r.ok) { const d = await r.json(); throw new Error(d.error || r.statusText); }
   const reader = r.body.getReader();
   const dec = new TextDecoder();
-  let buf = "", result = null;
+  let buf = "";
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
@@ -264,12 +270,20 @@ async function streamChat(body, onToken, onDiscard) {
         else if (line.startsWith("data: ")) data += line.slice(6);
       }
       const obj = data ? JSON.parse(data) : {};
-      if (ev === "token") onToken(obj.text);
-      else if (ev === "discard") onDiscard();
-      else if (ev === "done") result = obj;
-      else if (ev === "error") throw new Error(obj.message);
+      if (ev === "error") throw new Error(obj.message);
+      onEvent(ev, obj);
     }
   }
+}
+
+// POST /api/chat: the reply's tokens as they arrive; returns the `done` event's data.
+async function streamChat(body, onToken, onDiscard) {
+  let result = null;
+  await postEvents("/api/chat", body, (ev, obj) => {
+    if (ev === "token") onToken(obj.text);
+    else if (ev === "discard") onDiscard();
+    else if (ev === "done") result = obj;
+  });
   return result;
 }
 
@@ -337,6 +351,119 @@ function redrawWithoutLastReply() {
   if (msgs.length) msgs[msgs.length - 1].remove();
 }
 
+// ---- scene ------------------------------------------------------------------------------------
+// A renderer of one scene's events into `box`: a bubble per turn, filled token by token, then set to
+// the turn's final text (the engine may trim it); the next-speaker choice as a small line.
+function sceneView(box) {
+  box.replaceChildren();
+  let cur = null;
+  const open = (role) => {
+    const div = role === "NSP" ? el("div", "nsp streaming") : el("div", "msg bot streaming");
+    if (role !== "NSP") div.appendChild(el("span", "speaker", role + ": "));
+    const text = el("span", "text", role === "NSP" ? "choosing the next speaker…" : "");
+    div.appendChild(text);
+    box.appendChild(div);
+    cur = { role, div, text, buf: "" };
+    return cur;
+  };
+  return (ev, d) => {
+    if (ev === "speak") open(d.role);
+    else if (ev === "token" && cur && d.role !== "NSP") { cur.buf += d.text; renderText(cur.text, cur.buf); }
+    else if (ev === "discard" && cur) { cur.buf = ""; renderText(cur.text, ""); }
+    else if (ev === "turn") {
+      const c = cur && cur.role === d.role ? cur : open(d.role);  // replayed book lines arrive whole
+      if (d.role === "NSP") c.text.textContent = "→ next: " + d.content;
+      else renderText(c.text, d.content);
+      c.div.classList.remove("streaming");
+      c.div.dataset.round = d.round;
+      cur = null;
+    }
+  };
+}
+
+async function setupScene() {
+  const sel = $("sc-item");
+  if (sel.options.length) return;
+  try {
+    const r = await api("/api/test_items");
+    state.items = r.items;
+    for (const target of [sel, $("cs-item")]) {
+      target.replaceChildren();
+      for (const it of r.items) {
+        const o = el("option", null, `#${it.index} ${it.book}: ${it.characters.join(", ")}`);
+        o.value = it.index;
+        target.appendChild(o);
+      }
+    }
+    fillHumans();
+  } catch (e) { $("sc-status").textContent = "error: " + e.message; }
+}
+
+function fillHumans() {
+  const it = (state.items || []).find((x) => String(x.index) === $("sc-item").value);
+  const h = $("sc-human");
+  h.replaceChildren();
+  const none = el("option", null, "nobody (watch)");
+  none.value = "";
+  h.appendChild(none);
+  for (const c of it ? it.characters : []) { const o = el("option", null, c); o.value = c; h.appendChild(o); }
+  $("sc-scenario").textContent = it ? it.scenario : "";
+}
+
+async function playScene() {
+  const item = $("sc-item").value;
+  if (item === "" || state.sceneAbort) return;
+  const show = sceneView($("sc-log"));
+  state.sceneAbort = new AbortController();
+  $("sc-play").disabled = true;
+  $("sc-stop").disabled = false;
+  $("sc-status").textContent = "playing…";
+  const body = { test_item: Number(item), actor_model: $("sc-actor").value, env_model: $("sc-env").value,
+                 nsp_model: $("sc-nsp").value, protocol: $("sc-protocol").value, continue_from: $("sc-continue").value,
+                 seed: $("sc-seed").value, wo_thought: $("sc-wo-thought").checked, use_motivation: $("sc-motivation").checked,
+                 human: $("sc-human").value };
+  try {
+    await postEvents("/api/scene", body, (ev, d) => {
+      if (ev === "start") { state.scene = d.scene; $("sc-scenario").textContent = d.scenario; }
+      else if (ev === "your_turn") {
+        state.yourTurns = (state.yourTurns || 0) + 1;
+        $("sc-composer").hidden = false;
+        $("sc-msg").placeholder = `Your line as ${d.character} (Enter sends)`;
+        $("sc-status").textContent = `your turn: speak as ${d.character}`;
+        $("sc-msg").focus();
+      } else if (ev === "done") {
+        $("sc-status").textContent = `finished: ${d.record.simulation.length} entries; saved to ${d.saved}`;
+      } else { show(ev, d); if (ev === "speak") $("sc-status").textContent = `${d.role} …`; }
+    }, state.sceneAbort.signal);
+  } catch (e) {
+    $("sc-status").textContent = e.name === "AbortError" ? "stopped" : "error: " + e.message;
+  } finally {
+    state.sceneAbort = null;
+    state.scene = null;
+    $("sc-composer").hidden = true;
+    $("sc-play").disabled = false;
+    $("sc-stop").disabled = true;
+  }
+}
+
+async function sayLine() {
+  const m = $("sc-msg").value.trim();
+  if (!m || !state.scene) return;
+  const turn = state.yourTurns;
+  try {
+    await api("/api/scene/say", { scene: state.scene, message: m });
+    if (state.yourTurns !== turn) return;  // the scene came back to you before this answer did
+    $("sc-msg").value = "";
+    $("sc-composer").hidden = true;
+    $("sc-status").textContent = "…";
+  } catch (e) { $("sc-status").textContent = "error: " + e.message; }
+}
+$("sc-item").addEventListener("change", fillHumans);
+$("sc-play").addEventListener("click", playScene);
+$("sc-stop").addEventListener("click", () => { if (state.sceneAbort) state.sceneAbort.abort(); });
+$("sc-say").addEventListener("click", sayLine);
+$("sc-msg").addEventListener("keydown", (e) => { if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); sayLine(); } });
+
 // ---- thoughts toggle --------------------------------------------------------------------------
 $("thoughts").addEventListener("change", () => document.body.classList.toggle("hide-thoughts", !$("thoughts").checked));
 
@@ -364,6 +491,31 @@ async function ask() {
   } catch (e) { $("cmp-status").textContent = "error: " + e.message; }
 }
 
+// Both scenes stream at once, each into its (shuffled) side; the settings stay hidden until the vote.
+async function replayScenes() {
+  const item = $("cs-item").value;
+  if (item === "") return;
+  for (const id of ["left", "right", "left-model", "right-model"]) $(id).textContent = "";
+  for (const id of ["vote-left", "vote-right", "vote-tie"]) $(id).disabled = true;
+  $("cmp-status").textContent = "both scenes are playing…";
+  $("cs-play").disabled = true;
+  const side = (d) => d.side;
+  const views = { left: sceneView($("left")), right: sceneView($("right")) };
+  const settings = (model, protocol) => ({ actor_model: model, env_model: $("cs-env").value, nsp_model: $("cs-env").value, protocol });
+  try {
+    await postEvents("/api/compare_scene", { test_item: Number(item), a: settings($("model-a").value, $("cs-protocol-a").value),
+                                             b: settings($("model-b").value, $("cs-protocol-b").value) }, (ev, d) => {
+      if (ev === "start") $("cmp-scenario").textContent = d.scenario;
+      else if (ev === "done") {
+        state.pair = d.pair;
+        for (const id of ["vote-left", "vote-right", "vote-tie"]) $(id).disabled = false;
+        $("cmp-status").textContent = "which scene is better? (settings are hidden until you vote)";
+      } else if (side(d)) views[side(d)](ev, d);
+    });
+  } catch (e) { $("cmp-status").textContent = "error: " + e.message; }
+  finally { $("cs-play").disabled = false; }
+}
+
 async function vote(choice) {
   if (!state.pair) return;
   for (const id of ["vote-left", "vote-right", "vote-tie"]) $(id).disabled = true;
@@ -376,6 +528,7 @@ async function vote(choice) {
   } catch (e) { $("cmp-status").textContent = "error: " + e.message; }
 }
 $("cmp-ask").addEventListener("click", ask);
+$("cs-play").addEventListener("click", replayScenes);
 $("vote-left").addEventListener("click", () => vote("left"));
 $("vote-right").addEventListener("click", () => vote("right"));
 $("vote-tie").addEventListener("click", () => vote("tie"));
@@ -403,6 +556,25 @@ async function showPrefs() {
   } catch (e) { $("prefs-note").textContent = "error: " + e.message; }
 }
 
+async function runAgreement() {
+  $("agree-note").textContent = "judging both scenes of every scene vote…";
+  $("judge-run").disabled = true;
+  try {
+    const r = await api("/api/agreement", { judges: $("judges").value, protocol: $("judge-protocol").value });
+    const tb = $("agree-table").querySelector("tbody");
+    tb.replaceChildren();
+    for (const j of r.judges) {
+      const tr = el("tr");
+      for (const v of [j.judge, j.scene_votes, j.decisive, j.agree, `${pct(j.agreement)} (${pct(j.ci95[0])} – ${pct(j.ci95[1])})`,
+                       j.human_ties, j.judge_ties, j.failed, j.missing]) tr.appendChild(el("td", null, v));
+      tb.appendChild(tr);
+    }
+    $("agree-note").textContent = `judged with the GCA judge (${r.protocol} protocol); agreement over votes where both the person and the judge chose a side`;
+  } catch (e) { $("agree-note").textContent = "error: " + e.message; }
+  finally { $("judge-run").disabled = false; }
+}
+$("judge-run").addEventListener("click", runAgreement);
+
 // ---- start ------------------------------------------------------------------------------------
 (async function init() {
   try {
@@ -412,6 +584,8 @@ async function showPrefs() {
     fillModels($("model"));
     fillModels($("model-a"));
     fillModels($("model-b"), m.models.find((x) => x !== m.default) || m.default);
+    for (const id of ["sc-actor", "sc-env", "sc-nsp", "cs-env"]) fillModels($(id));
+    $("judges").value = m.judges.join(",");
     const b = await api("/api/books");
     state.hasTests = b.test_file;
     $("test-block").hidden = !b.test_file;
