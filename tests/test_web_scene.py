@@ -33,28 +33,40 @@ def scene_events(events, name):
     return [(e, d, t) for e, d, t in events if e == name]
 
 
-def test_live_scene_streams_and_equals_the_script_record(web_app, fake_server, llm_env, tmp_path):
+# The reference's defaults; then the fixed protocol with retrieval, two replayed book turns, another seed.
+SETTINGS = [{}, {"protocol": "fixed", "retrieval": "conv1", "continue_from": 2, "seed": 7}]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=["reference-defaults", "fixed-retrieval-replay"])
+def test_live_scene_streams_and_equals_the_script_record(web_app, fake_server, llm_env, tmp_path, settings):
     fake_server.set_responder(slow_first_actor_stream(responder()))
-    events = web_app.sse({"test_item": ITEM, **MODELS}, path="/api/scene")
+    events = web_app.sse({"test_item": ITEM, **MODELS, **settings}, path="/api/scene")
     assert events[0][0] == "start" and events[-1][0] == "done", events[-1]
     start, done = events[0][1], events[-1][1]
-    assert start["book"] == "Othello" and "Iago" in start["speakers"] and start["settings"]["protocol"] == "reference"
+    assert start["book"] == "Othello" and "Iago" in start["speakers"]
+    assert start["settings"]["protocol"] == settings.get("protocol", "reference")
     record = done["record"]
     sim = record["simulation"]
     turns = scene_events(events, "turn")
     assert [(d["role"], d["content"]) for _, d, _ in turns] == [(m["role"], m["content"]) for m in sim]
     # Each agent turn was announced, then streamed: its tokens put together are the turn's text.
-    first = next(d for _, d, _ in turns if d["role"] != "NSP" and d["role"] != "Environment")
+    replayed = settings.get("continue_from", 0)
+    first = next(d for _, d, _ in turns if d["role"] not in ("NSP", "Environment") and d["round"] >= replayed)
     tokens = [(d, t) for _, d, t in scene_events(events, "token") if (d["round"], d["role"]) == (first["round"],
                                                                                               first["role"])]
     assert len(tokens) > 3 and "".join(d["text"] for d, _ in tokens) == first["content"]
     turn_time = next(t for _, d, t in turns if d is first)
     assert turn_time - tokens[0][1] > 0.7  # the first words were on the wire while the server paused
     speaks = scene_events(events, "speak")
-    assert len(speaks) == len(sim) and speaks[0][1]["role"] == start["speakers"][0]
+    assert len(speaks) == len([d for _, d, _ in turns if d["round"] >= replayed]) > 0
     nsp = [m["content"] for m in sim if m["role"] == "NSP"]
     assert nsp and set(nsp) <= set(start["speakers"]) | {"<END CHAT>"}
     assert record["spec"]["roles"]["actor"]["model"] == "fake-model"
+    assert record["spec"]["settings"]["retrieval"] == settings.get("retrieval")
+    if settings.get("retrieval"):  # the actors' prompts carried passages retrieved from the book file
+        web_actor = [b for b in fake_server.chat_requests() if kind(b) == "actor" and b.get("stream")]
+        assert web_actor and all("<begin of background information>" in b["messages"][0]["content"]
+                                 for b in web_actor)
     assert not any("sk-test" in json.dumps(d) for _, d, _ in events)  # no key goes to the browser
     # Saved as a one-record simulation file.
     saved = os.path.join(web_app.cwd, done["saved"])
@@ -66,7 +78,8 @@ def test_live_scene_streams_and_equals_the_script_record(web_app, fake_server, l
     exp = tmp_path / "script-exp"
     r = run_script(["gca_evaluation/main.py", "--test_file", shared_path("test", "example_test_set.json"),
                     "--sample_ids", key, "--judge_model", "fake-model", "--exp_dir", exp, "--num_workers", "1",
-                    *[f"--{k}={v}" for k, v in MODELS.items()]], env=llm_env, cwd=tmp_path)
+                    "--book_data", shared_path("final"), *[f"--{k}={v}" for k, v in {**MODELS, **settings}.items()]],
+                   env=llm_env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     files = glob.glob(str(exp / "simulation" / "*.json"))
     assert len(files) == 1
@@ -75,7 +88,7 @@ def test_live_scene_streams_and_equals_the_script_record(web_app, fake_server, l
     assert script_records[0] == record
     # The script asked the server itself (its own cache) and never streamed.
     script_calls = [b for b in fake_server.chat_requests() if kind(b) != "judge" and not b.get("stream")]
-    assert len(script_calls) == len(sim)
+    assert len(script_calls) == len(speaks)
 
 
 def test_a_person_takes_over_one_character(web_app, fake_server):
@@ -114,7 +127,7 @@ def test_scene_requests_are_checked(web_app):
              ({"test_item": ITEM, "seed": "1.5"}, "seed"),
              ({"test_item": ITEM, "wo_thought": "yes"}, "wo_thought"),
              ({"test_item": ITEM, "human": "Nobody"}, "human"),
-             ({"test_item": ITEM, "retrieval": "text"}, "retrieval"),
+             ({"test_item": ITEM, "retrieval": "bogus"}, "retrieval"),
              ({"test_item": ITEM, "actor_model": ["x"]}, "actor_model")]
     for body, field in cases:
         status, err = web_app.post("/api/scene", body)

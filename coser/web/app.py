@@ -40,6 +40,7 @@ class State:
         self.sessions: dict[str, dict] = {}
         self.pairs: dict[str, dict] = {}
         self.scenes: dict = {}  # live scenes by id (coser/web/scenes.py), while their stream is open
+        self._retrievers: dict = {}
         self.lock = threading.Lock()
         self.vote_lock = threading.Lock()
 
@@ -53,6 +54,20 @@ class State:
         names += list(self.llm.settings.prices)
         names.append(LOCAL_MODEL)
         return list(dict.fromkeys(n for n in names if n))
+
+    def retrievers(self, mode: str | None):
+        """One coser.retrieval.Retrievers per mode over --book_data, built on first use, as the script builds it."""
+        if mode is None:
+            return None
+        from ..retrieval import Embedder, Retrievers
+
+        if not self.args.book_data or not os.path.isdir(self.args.book_data):
+            raise InputError("field 'retrieval' needs a --book_data folder of final book files")
+        with self.lock:
+            if mode not in self._retrievers:
+                embedder = Embedder(self.llm.settings) if self.llm.settings.embedding_model else None
+                self._retrievers[mode] = Retrievers(self.args.book_data, mode, embedder)
+            return self._retrievers[mode]
 
     def check_model(self, model: str) -> str:
         model = (model or self.args.model).strip()
@@ -164,7 +179,10 @@ def build_app(state: State):
 
     async def models(request):
         judges = [j.strip() for j in state.args.judges.split(",") if j.strip()] or [state.args.model]
-        return JSONResponse({"models": state.models(), "default": state.args.model, "judges": judges})
+        from ..retrieval import MODES
+
+        return JSONResponse({"models": state.models(), "default": state.args.model, "judges": judges,
+                             "retrieval_modes": list(MODES)})
 
     async def new_session(request):
         body = await body_of(request)

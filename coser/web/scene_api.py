@@ -30,6 +30,9 @@ def scene_routes(state, body_of, guarded) -> list:
     def saved(record: dict) -> str:
         return save_scene(state.args.scene_dir, record)
 
+    def new_run(item: dict, opts, human: str | None = None) -> SceneRun:
+        return SceneRun(state.llm, item, opts, state.library.test_file, human, state.retrievers(opts.retrieval))
+
     async def scene(request):
         """POST /api/scene: play one test item live; every turn streams, then `done` with the record."""
         body = await body_of(request)
@@ -38,7 +41,7 @@ def scene_routes(state, body_of, guarded) -> list:
         human = body.get("human") or None
         if human is not None and not isinstance(human, str):
             raise InputError("field 'human' must be a character name")
-        run = SceneRun(state.llm, item, opts, state.library.test_file, human)
+        run = new_run(item, opts, human)
         state.scenes[run.id] = run
 
         def work(put):
@@ -77,7 +80,7 @@ def scene_routes(state, body_of, guarded) -> list:
             sides.append(options(body[name]))
         settings = [settings_of(o) for o in sides]
         labels = side_labels(*settings)
-        runs = [SceneRun(state.llm, item, o, state.library.test_file) for o in sides]
+        runs = [new_run(item, o) for o in sides]
         order = [0, 1]
         random.shuffle(order)
         side_of = {order[0]: "left", order[1]: "right"}

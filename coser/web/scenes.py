@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from .. import runspec as RS
 from ..errors import CoserError, InputError
 from ..io import atomic_write_json, read_json
+from ..retrieval import MODES
 from ..scene import sample_rng, simulate, simulation_spec
 
 PROTOCOLS = ("reference", "fixed")
@@ -45,9 +46,9 @@ def _int_field(body: dict, key: str, minimum: int | None = None) -> int:
 
 def scene_options(body: dict, default_model: str, check_model) -> SimpleNamespace:
     """The simulation settings of a request (gca_evaluation/main.py's flags), checked field by field."""
-    if body.get("retrieval"):
-        raise InputError("field 'retrieval': retrieval-augmented scenes run only in gca_evaluation/main.py "
-                         "(--retrieval)")
+    retrieval = body.get("retrieval") or None
+    if retrieval is not None and retrieval not in MODES:
+        raise InputError(f"field 'retrieval' must be one of {', '.join(MODES)} (or empty: none)")
     models = {}
     for role in ("actor_model", "env_model", "nsp_model"):
         value = body.get(role)
@@ -63,25 +64,27 @@ def scene_options(body: dict, default_model: str, check_model) -> SimpleNamespac
         if not isinstance(value, bool):
             raise InputError(f"field '{key}' must be true or false")
         flags[key] = value
-    return SimpleNamespace(**models, **flags, protocol=protocol, retrieval=None,
+    return SimpleNamespace(**models, **flags, protocol=protocol, retrieval=retrieval,
                            continue_from=_int_field(body, "continue_from", 0), seed=_int_field(body, "seed"))
 
 
 def settings_of(opts: SimpleNamespace) -> dict:
     return {k: getattr(opts, k) for k in ("actor_model", "env_model", "nsp_model", "protocol", "continue_from",
-                                          "wo_thought", "use_motivation", "seed")}
+                                          "wo_thought", "use_motivation", "retrieval", "seed")}
 
 
 class SceneRun:
     """One live scene: the engine in a thread, its events handed to `put`, a person's lines via say()."""
 
-    def __init__(self, llm, item: dict, opts: SimpleNamespace, test_file: str | None, human: str | None = None):
+    def __init__(self, llm, item: dict, opts: SimpleNamespace, test_file: str | None, human: str | None = None,
+                 retrievers=None):
         speakers = [c for c in item["speaking_characters_w_env"] if c != "Environment"]
         if human and human not in speakers:
             raise InputError(f"field 'human': {human!r} does not speak in this item (choose from "
                              f"{', '.join(speakers)})")
         self.id = uuid.uuid4().hex
         self.llm, self.item, self.opts, self.test_file, self.human = llm, item, opts, test_file, human or None
+        self.retrievers = retrievers  # coser.retrieval.Retrievers of opts.retrieval's mode, when set
         self.lines: queue.Queue = queue.Queue()
         self.stopped = threading.Event()
         self.waiting = False
@@ -119,7 +122,8 @@ class SceneRun:
             finally:
                 self.waiting = False
 
-        record = simulate(self.llm, self.item, self.opts, sample_rng(self.opts.seed, self.item), None,
+        databases = self.retrievers.for_item(self.item) if self.retrievers is not None else None
+        record = simulate(self.llm, self.item, self.opts, sample_rng(self.opts.seed, self.item), databases,
                           on_event, human_turn)
         spec = simulation_spec(self.llm, self.opts, self.test_file, [self.item])
         if self.human:

@@ -420,7 +420,7 @@ async function playScene() {
   $("sc-status").textContent = "playing…";
   const body = { test_item: Number(item), actor_model: $("sc-actor").value, env_model: $("sc-env").value,
                  nsp_model: $("sc-nsp").value, protocol: $("sc-protocol").value, continue_from: $("sc-continue").value,
-                 seed: $("sc-seed").value, wo_thought: $("sc-wo-thought").checked, use_motivation: $("sc-motivation").checked,
+                 seed: $("sc-seed").value, retrieval: $("sc-retrieval").value, wo_thought: $("sc-wo-thought").checked, use_motivation: $("sc-motivation").checked,
                  human: $("sc-human").value };
   try {
     await postEvents("/api/scene", body, (ev, d) => {
@@ -586,6 +586,7 @@ $("judge-run").addEventListener("click", runAgreement);
     fillModels($("model-b"), m.models.find((x) => x !== m.default) || m.default);
     for (const id of ["sc-actor", "sc-env", "sc-nsp", "cs-env"]) fillModels($(id));
     $("judges").value = m.judges.join(",");
+    for (const mode of m.retrieval_modes) { const o = el("option", null, mode); o.value = mode; $("sc-retrieval").appendChild(o); }
     const b = await api("/api/books");
     state.hasTests = b.test_file;
     $("test-block").hidden = !b.test_file;
