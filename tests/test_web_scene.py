@@ -3,6 +3,7 @@ over real HTTP against the fake OpenAI server, and in a real headless browser.""
 import glob
 import json
 import os
+import time
 
 import pytest
 
@@ -89,6 +90,15 @@ def test_live_scene_streams_and_equals_the_script_record(web_app, fake_server, l
     # The script asked the server itself (its own cache) and never streamed.
     script_calls = [b for b in fake_server.chat_requests() if kind(b) != "judge" and not b.get("stream")]
     assert len(script_calls) == len(speaks)
+    # With the web app's cache it asks nothing for the scene: streamed and plain calls share cache rows.
+    before = len(fake_server.chat_requests())
+    r = run_script(["gca_evaluation/main.py", "--test_file", shared_path("test", "example_test_set.json"),
+                    "--sample_ids", key, "--judge_model", "fake-model", "--exp_dir", tmp_path / "again",
+                    "--cache_path", web_app.cwd / "cache.sqlite", "--book_data", shared_path("final"),
+                    *[f"--{k}={v}" for k, v in {**MODELS, **settings}.items()]], env=llm_env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [b for b in fake_server.chat_requests()[before:] if kind(b) != "judge"] == []
+    assert json.load(open(glob.glob(str(tmp_path / "again" / "simulation" / "*.json"))[0])) == [record]
 
 
 def test_a_person_takes_over_one_character(web_app, fake_server):
@@ -118,6 +128,34 @@ def test_a_person_takes_over_one_character(web_app, fake_server):
     othello = [b for b in requests if kind(b) == "actor" and actor_name(b) == "Othello"]
     assert othello and any(said[1] in m["content"] for m in othello[-1]["messages"])  # the others heard it
     assert record["spec"]["settings"]["human"] == "Iago"
+
+
+def test_leaving_a_scene_stops_it(web_app, fake_server):
+    """The viewer goes away while the scene waits for their line: the scene ends, no further call."""
+    import urllib.request
+
+    fake_server.set_responder(responder())
+    req = urllib.request.Request(web_app.url + "/api/scene", headers={"Content-Type": "application/json"},
+                                 data=json.dumps({"test_item": ITEM, **MODELS, "human": "Othello"}).encode())
+    scene = None
+    with urllib.request.urlopen(req, timeout=60) as r:
+        for raw in r:
+            line = raw.decode("utf-8")
+            if line.startswith("data: ") and '"scene"' in line and scene is None:
+                scene = json.loads(line[6:])["scene"]
+            if line.startswith("event: your_turn"):
+                break
+    assert scene
+    calls = len(fake_server.chat_requests())
+    deadline = time.monotonic() + 10
+    while True:  # the server notices the closed connection and forgets the scene
+        status, err = web_app.post("/api/scene/say", {"scene": scene, "message": "Too late."})
+        if status == 400 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status == 400 and "unknown or finished scene" in err["error"]
+    time.sleep(1.0)
+    assert len(fake_server.chat_requests()) == calls
 
 
 def test_scene_requests_are_checked(web_app):
@@ -186,15 +224,17 @@ def test_scene_replay_vote_and_judge_agreement(web_app, fake_server):
     prefs = web_app.get("/api/preferences")
     assert {m["model"]: m["wins"] for m in prefs["models"]} == {"fake-a": 1, "fake-b": 1}
     before = len(fake_server.chat_requests())
-    status, agree = web_app.post("/api/agreement", {"judges": "fake-model"})
+    status, agree = web_app.post("/api/agreement", {"judges": "fake-model,fake-a"})
     assert status == 200, agree
-    (j,) = agree["judges"]
-    assert (j["judge"], j["scene_votes"], j["decisive"], j["agree"], j["agreement"]) == ("fake-model", 2, 2, 1, 0.5)
-    lo, hi = j["ci95"]
-    assert 0 < lo < 0.5 < hi < 1
+    assert [j["judge"] for j in agree["judges"]] == ["fake-model", "fake-a"]
+    for j in agree["judges"]:
+        assert (j["scene_votes"], j["decisive"], j["agree"], j["agreement"], j["human_ties"]) == (2, 2, 1, 0.5, 0)
+        lo, hi = j["ci95"]
+        assert 0 < lo < 0.5 < hi < 1
     judge_calls = [b for b in fake_server.chat_requests()[before:] if kind(b) == "judge"]
-    assert len(judge_calls) == 8  # the two scenes once each, four dimensions (the second vote hits the cache)
-    assert {b["model"] for b in judge_calls} == {"fake-model"}
+    # Per judge the two scenes once each, four dimensions (the second vote is answered from the cache).
+    assert len(judge_calls) == 16
+    assert sorted(b["model"] for b in judge_calls) == ["fake-a"] * 8 + ["fake-model"] * 8
 
 
 # ---- a real headless browser ------------------------------------------------------------------
@@ -294,3 +334,27 @@ def test_browser_scene_replay_vote_and_agreement(web_app, fake_server, tmp_path)
         assert cells[:4] == ["fake-model", "1", "1", "1"] and cells[4].startswith("100.0%")
     finally:
         b.quit()
+
+
+def test_core_and_web_import_no_script_and_scripts_no_web():
+    """One scene engine and judge, in coser/: the app imports nothing from the scripts, and back."""
+    import ast
+
+    from tests.conftest import REPO
+
+    def imports(path):
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                yield from (a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                yield node.module
+
+    core = glob.glob(os.path.join(REPO, "coser", "**", "*.py"), recursive=True)
+    scripts = [p for d in ("gca_evaluation", "data_construction") for p in glob.glob(os.path.join(REPO, d, "*.py"))]
+    assert core and scripts
+    for path in core:
+        bad = [m for m in imports(path) if m.split(".")[0] in ("gca_evaluation", "data_construction")]
+        assert not bad, (path, bad)
+    for path in scripts:
+        assert not [m for m in imports(path) if m.startswith("coser.web")], path
