@@ -300,6 +300,12 @@ def test_browser_live_scene_with_takeover(web_app, fake_server, tmp_path):
             wait.until(lambda d: len(iago_lines(d)) == n)
         assert n > 1
         assert iago_lines(b) == [f"Iago: (whispers) Mine, number {k}." for k in range(1, n)]
+        # Stop while the scene waits for Iago: the page lets go of the stream and can play again.
+        b.find_element(By.ID, "sc-play").click()
+        wait.until(lambda d: d.find_element(By.ID, "sc-composer").is_displayed())
+        b.find_element(By.ID, "sc-stop").click()
+        wait.until(lambda d: d.find_element(By.ID, "sc-status").text == "stopped")
+        assert not b.find_element(By.ID, "sc-composer").is_displayed() and b.find_element(By.ID, "sc-play").is_enabled()
     finally:
         b.quit()
 
