@@ -396,6 +396,7 @@ async function setupScene() {
       }
     }
     fillHumans();
+    if (!r.items.length) $("sc-status").textContent = "no test items: start the app with --test_file to play scenes";
   } catch (e) { $("sc-status").textContent = "error: " + e.message; }
 }
 
