@@ -237,6 +237,33 @@ def test_scene_replay_vote_and_judge_agreement(web_app, fake_server):
     assert sorted(b["model"] for b in judge_calls) == ["fake-a"] * 8 + ["fake-model"] * 8
 
 
+def test_agreement_from_existing_evaluation_files(web_app, fake_server, llm_env):
+    """The script evaluates both settings of the item; the app reads those scores for the voted scenes."""
+    fake_server.set_responder(_judged("A-line"))
+    for actor in ("fake-a", "fake-b"):
+        r = run_script(["gca_evaluation/main.py", "--test_file", shared_path("test", "example_test_set.json"),
+                        "--limit", "3", "--judge_model", "fake-judge", "--exp_dir", web_app.cwd / "exp",
+                        *[f"--{k}={v}" for k, v in {**MODELS, "actor_model": actor}.items()]],
+                       env=llm_env, cwd=web_app.cwd)
+        assert r.returncode == 0, r.stderr
+    assert len(glob.glob(str(web_app.cwd / "exp" / "evaluation" / "*.json"))) == 2
+    replay_and_vote(web_app, "fake-a")
+    replay_and_vote(web_app, "fake-b")
+    before = len(fake_server.chat_requests())
+    status, agree = web_app.post("/api/agreement", {"source": "files"})
+    assert status == 200, agree
+    assert [(j["judge"], j["decisive"], j["agree"], j["missing"]) for j in agree["judges"]] == [("fake-judge", 2, 1, 0)]
+    assert fake_server.chat_requests()[before:] == []  # read, not judged
+    # A scene no evaluation judged (another seed) has no score there: counted as missing.
+    events = web_app.sse({"test_item": ITEM, "a": {**MODELS, "actor_model": "fake-a", "seed": 5},
+                          "b": {**MODELS, "actor_model": "fake-b", "seed": 5}}, path="/api/compare_scene")
+    web_app.post("/api/vote", {"pair": events[-1][1]["pair"], "choice": "left"})
+    status, agree = web_app.post("/api/agreement", {"source": "files"})
+    assert [(j["decisive"], j["missing"]) for j in agree["judges"]] == [(2, 1)]
+    status, err = web_app.post("/api/agreement", {"source": "guess"})
+    assert status == 400 and "source" in err["error"]
+
+
 # ---- a real headless browser ------------------------------------------------------------------
 def _open_on_item(web_app, tmp_path, page, item_select):
     """A browser on `page`, once the test items are listed, with the Othello item picked."""

@@ -391,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="blind-comparison votes, JSONL (default %(default)s)")
     p.add_argument("--scene_dir", default=os.path.join("exp", "scenes"),
                    help="finished live scenes, one simulation file each (default %(default)s)")
+    p.add_argument("--eval_dir", default=os.path.join("exp", "evaluation"),
+                   help="gca_evaluation/main.py's evaluation files, read for judge-vs-human agreement "
+                        "(default %(default)s)")
     p.add_argument("--judges", default="", metavar="A,B,...",
                    help="judge models for judge-vs-human agreement on the Preferences page (default: --model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")

@@ -16,14 +16,17 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def _files(folder: str, suffix: str) -> list[str]:
+    """The paths of a folder's files with this ending, by name; none when the folder is absent."""
+    if not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.endswith(suffix)]
+
+
 def read_votes(pref_dir: str) -> list[dict]:
     votes = []
-    if not os.path.isdir(pref_dir):
-        return votes
-    for name in sorted(os.listdir(pref_dir)):
-        if not name.endswith(".jsonl"):
-            continue
-        with open(os.path.join(pref_dir, name), encoding="utf-8") as f:
+    for path in _files(pref_dir, ".jsonl"):
+        with open(path, encoding="utf-8") as f:
             for line in f:
                 try:
                     v = json.loads(line)
@@ -68,16 +71,16 @@ def win_rates(votes: list[dict]) -> dict:
             "pairs": list(pairs.values())}
 
 
-def judge_agreement(llm, votes: list[dict], judges: list[str], load_record, protocol: str = "reference") -> list[dict]:
+class NoScore(LookupError):
+    """No score for this side: its scene file is gone, or no evaluation file judged that very scene."""
+
+
+def agreement(votes: list[dict], judges: list[str], score) -> list[dict]:
     """Per judge, over the scene votes: how often the judge prefers the scene the person preferred.
 
-    The judge's preference is the higher GCA score (coser.judge.judge_case, the evaluation's own judge,
-    through the shared client and cache, so judging again costs nothing). Counted apart, never as
-    agreement or disagreement: human ties, judge ties (equal scores), failed judgments and votes whose
-    scene files are gone. load_record(candidate) -> the simulation record of one side."""
-    from ..errors import InputError
-    from ..judge import judge_case
-
+    The judge prefers the side with the higher GCA score; score(judge, candidate) gives it (None: the
+    judgment failed; NoScore: none to be had). Counted apart, never as agreement or disagreement: the
+    person's ties, the judge's ties (equal scores), failed judgments and sides without a score."""
     scene_votes = [v for v in votes if v.get("kind") == "scene"]
     rows = []
     for judge in judges:
@@ -89,13 +92,10 @@ def judge_agreement(llm, votes: list[dict], judges: list[str], load_record, prot
                 row["human_ties"] += 1
                 continue
             try:
-                records = [load_record(c) for c in v["candidates"]]
-            except InputError:
+                scores = [score(judge, c) for c in v["candidates"]]
+            except NoScore:
                 row["missing"] += 1
                 continue
-            scores = [judge_case(llm, rec, judge, int((c.get("settings") or {}).get("continue_from") or 0),
-                                 protocol=protocol).get("score")
-                      for c, rec in zip(v["candidates"], records)]
             if None in scores:
                 row["failed"] += 1
             elif scores[0] == scores[1]:
@@ -108,3 +108,66 @@ def judge_agreement(llm, votes: list[dict], judges: list[str], load_record, prot
         row["ci95"] = list(wilson(row["agree"], n))
         rows.append(row)
     return rows
+
+
+def _record(load_record, candidate: dict) -> dict:
+    from ..errors import InputError
+
+    try:
+        return load_record(candidate)
+    except InputError:  # the scene file is gone or damaged
+        raise NoScore() from None
+
+
+def judge_scorer(llm, load_record, protocol: str):
+    """Scores by judging the voted scene now: coser.judge.judge_case, the evaluation's own judge, through
+    the shared client and cache (judging a scene again costs nothing)."""
+    from ..judge import judge_case
+
+    def score(judge: str, candidate: dict):
+        record = _record(load_record, candidate)
+        continue_from = int((candidate.get("settings") or {}).get("continue_from") or 0)
+        return judge_case(llm, record, judge, continue_from, protocol=protocol).get("score")
+    return score
+
+
+def evaluation_files(eval_dir: str) -> list[dict]:
+    """The evaluation files of gca_evaluation/main.py in a folder that carry a run spec (ours)."""
+    out = []
+    for path in _files(eval_dir, ".json"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                ev = json.load(f)
+        except (OSError, ValueError):
+            continue  # not ours to judge: an unreadable file is simply not a source
+        if isinstance(ev, dict) and isinstance(ev.get("cases"), dict) and isinstance(ev.get("spec"), dict) \
+                and isinstance(ev.get("judge_model"), str):
+            out.append(ev)
+    return out
+
+
+def _same_setting(eval_spec: dict, scene_spec: dict) -> bool:
+    """An evaluation's simulation ran the scene's setting: protocol, actor/env/nsp (name and endpoint), settings."""
+    roles_e, roles_s = eval_spec.get("roles") or {}, scene_spec.get("roles") or {}
+    return (eval_spec.get("protocol") == scene_spec.get("protocol")
+            and all(roles_e.get(r) == roles_s.get(r) for r in ("actor", "env", "nsp"))
+            and (eval_spec.get("settings") or {}) == (scene_spec.get("settings") or {}))
+
+
+def file_scorer(evaluations: list[dict], load_record):
+    """Scores read from existing evaluation files: the case of an evaluation whose setting is the scene's
+    and whose judged simulation is this very scene (same turns), so no judge is called."""
+    from ..judge import case_messages
+
+    def score(judge: str, candidate: dict):
+        record = _record(load_record, candidate)
+        spec = record.get("spec") or {}
+        key = f"{record['book_title']}-{record['i_p']}-{record['i_c']}"
+        for ev in evaluations:
+            case = ev["cases"].get(key)
+            if ev["judge_model"] != judge or not isinstance(case, dict) or not _same_setting(ev["spec"], spec):
+                continue
+            if case.get("simulation") == case_messages(record, ev["spec"].get("protocol", "reference"))[0]:
+                return case.get("score")
+        raise NoScore()
+    return score

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import InputError
 from ..scene import sample_key
-from .prefs import judge_agreement, read_votes
+from .prefs import agreement as agreement_rows
+from .prefs import evaluation_files, file_scorer, judge_scorer, read_votes
 from .scenes import PROTOCOLS, SceneRun, load_scene, save_scene, scene_options, settings_of, side_labels
 from .sse import event_stream
 
@@ -116,22 +117,35 @@ def scene_routes(state, body_of, guarded) -> list:
         return event_stream(work, close)
 
     async def agreement(request):
-        """POST /api/agreement: judge both scenes of every scene vote with each judge (coser.judge, the
-        GCA judge) and report how often each judge prefers the scene the person preferred."""
+        """POST /api/agreement: per judge, how often it prefers the scene the person preferred in the scene
+        votes. source 'judge' (default): judge both scenes now with each of `judges` (coser.judge, the GCA
+        judge); 'files': read the scores from existing evaluation files of those very scenes (--eval_dir)."""
         body = await body_of(request)
-        judges = body.get("judges") or state.args.judges or state.args.model
-        if isinstance(judges, str):
-            judges = [j.strip() for j in judges.split(",") if j.strip()]
-        if not isinstance(judges, list) or not judges or not all(isinstance(j, str) for j in judges):
-            raise InputError("field 'judges' must be a model name, a comma list or a list of names")
-        judges = [state.check_model(j) for j in dict.fromkeys(judges)]
+        source = body.get("source") or "judge"
+        if source not in ("judge", "files"):
+            raise InputError("field 'source' must be judge or files")
         protocol = body.get("protocol") or "reference"
         if protocol not in PROTOCOLS:
             raise InputError(f"field 'protocol' must be one of {', '.join(PROTOCOLS)}")
+
+        def load(candidate):
+            return load_scene(state.args.scene_dir, candidate.get("scene_file"))
+
         votes = await asyncio.to_thread(read_votes, state.args.pref_dir)
-        rows = await asyncio.to_thread(judge_agreement, state.llm, votes, judges,
-                                       lambda c: load_scene(state.args.scene_dir, c.get("scene_file")), protocol)
-        return JSONResponse({"protocol": protocol, "judges": rows})
+        if source == "files":
+            evaluations = await asyncio.to_thread(evaluation_files, state.args.eval_dir)
+            judges = list(dict.fromkeys(ev["judge_model"] for ev in evaluations))
+            score = file_scorer(evaluations, load)
+        else:
+            judges = body.get("judges") or state.args.judges or state.args.model
+            if isinstance(judges, str):
+                judges = [j.strip() for j in judges.split(",") if j.strip()]
+            if not isinstance(judges, list) or not judges or not all(isinstance(j, str) for j in judges):
+                raise InputError("field 'judges' must be a model name, a comma list or a list of names")
+            judges = [state.check_model(j) for j in dict.fromkeys(judges)]
+            score = judge_scorer(state.llm, load, protocol)
+        rows = await asyncio.to_thread(agreement_rows, votes, judges, score)
+        return JSONResponse({"source": source, "protocol": protocol if source == "judge" else None, "judges": rows})
 
     return [Route("/api/scene", guarded(scene), methods=["POST"]),
             Route("/api/scene/say", guarded(say), methods=["POST"]),

@@ -558,10 +558,11 @@ async function showPrefs() {
 }
 
 async function runAgreement() {
-  $("agree-note").textContent = "judging both scenes of every scene vote…";
+  $("agree-note").textContent = "scoring both scenes of every scene vote…";
   $("judge-run").disabled = true;
   try {
-    const r = await api("/api/agreement", { judges: $("judges").value, protocol: $("judge-protocol").value });
+    const r = await api("/api/agreement", { source: $("judge-source").value, judges: $("judges").value,
+                                            protocol: $("judge-protocol").value });
     const tb = $("agree-table").querySelector("tbody");
     tb.replaceChildren();
     for (const j of r.judges) {
@@ -570,7 +571,9 @@ async function runAgreement() {
                        j.human_ties, j.judge_ties, j.failed, j.missing]) tr.appendChild(el("td", null, v));
       tb.appendChild(tr);
     }
-    $("agree-note").textContent = `judged with the GCA judge (${r.protocol} protocol); agreement over votes where both the person and the judge chose a side`;
+    const how = r.source === "files" ? "scores read from evaluation files" : `judged now with the GCA judge (${r.protocol} protocol)`;
+    $("agree-note").textContent = `${how}; agreement over votes where both the person and the judge chose a side` +
+      (r.judges.length ? "" : " (no judge found)");
   } catch (e) { $("agree-note").textContent = "error: " + e.message; }
   finally { $("judge-run").disabled = false; }
 }
