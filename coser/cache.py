@@ -100,11 +100,15 @@ class Cache:
             self._local.conn = conn
         return conn
 
-    def get(self, key: str) -> dict | None:
-        """The stored response record, or None. A broken row is a miss, never a crash."""
+    def get(self, key: str, include_rejected: bool = False) -> dict | None:
+        """The stored response record, or None. A broken row is a miss, never a crash.
+
+        include_rejected: also a reply marked rejected (batch mode replays, within one batch session,
+        the replies its own batches brought, as an online run sees each reply once before rejecting it)."""
         try:
             # A reply marked rejected (it failed parsing/validation) is never served again as good.
-            sql = "SELECT response FROM responses WHERE key=?" + (" AND rejected=0" if self._has_rejected else "")
+            skip = self._has_rejected and not include_rejected
+            sql = "SELECT response FROM responses WHERE key=?" + (" AND rejected=0" if skip else "")
             row = self._conn().execute(sql, (key,)).fetchone()
         except sqlite3.DatabaseError:
             return None

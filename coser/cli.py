@@ -11,7 +11,7 @@ from typing import Callable
 from .cache import Cache
 from .config import LOCAL_MODEL, PLACEHOLDER_PREFIXES, is_local, load_settings
 from .endpoints import key_setting, resolve
-from .errors import BudgetExceeded, ConfigError, CoserError
+from .errors import BatchExported, BudgetExceeded, ConfigError, CoserError
 from .io import atomic_write_json
 from .llm import LLM, set_llm
 from .usage import Usage
@@ -116,6 +116,9 @@ def main(entry: Callable[..., int | None]) -> None:
         code = entry()
     except BudgetExceeded as e:
         print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except BatchExported as e:
+        print(str(e), file=sys.stderr)
         sys.exit(e.exit_code)
     except CoserError as e:
         print(f"error: {e}", file=sys.stderr)

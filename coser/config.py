@@ -112,6 +112,9 @@ def _check_prices(prices: dict, path: str) -> None:
     for model, p in prices.items():
         if not isinstance(p, dict) or not all(isinstance(p.get(k), (int, float)) for k in ("input", "output")):
             raise ConfigError(f"{path}: prices['{model}'] needs numeric 'input' and 'output' (USD per 1M tokens)")
+        for k in ("batch_input", "batch_output"):  # optional; the batch discount defaults to half price
+            if k in p and (isinstance(p[k], bool) or not isinstance(p[k], (int, float))):
+                raise ConfigError(f"{path}: prices['{model}'].{k} should be a number (USD per 1M tokens)")
 
 
 DEFAULT_REMOTE_MODEL = "gpt-4o"  # the reference's default for every role

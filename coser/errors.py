@@ -50,3 +50,9 @@ class Interrupted(BaseException):
     A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way records it as a
     failed sample or retries it.
     """
+
+
+class BatchExported(CoserError):
+    """--batch_export wrote the pending requests: the run stops here, to resume with --batch_import."""
+
+    exit_code = 0

@@ -12,6 +12,7 @@ import re
 
 from coser import gca_prompts as P
 from coser import protocol as PR
+from coser.batch import Deferred
 from coser.errors import InputError, LLMUnavailable
 from coser.jsonio import JsonFailure, get_json
 from coser.prompts import ENVIRONMENT, NSP
@@ -128,6 +129,33 @@ JSON_FIX_PROMPT = ("The text below was meant to be a JSON object but could not b
                    "corrected JSON object, with nothing else.\n\n")
 
 
+def judge_dimension(llm, judge_model: str, messages: list[dict], dim: str, stage: str, protocol: str,
+                    actor_rounds: int) -> tuple[dict, dict | None]:
+    """({flaws, score} of one dimension, the failure record or None)."""
+    from coser import metrics
+
+    if protocol == "reference":
+        got, raw = reference_judgment(llm, judge_model, messages, dim, stage)
+        if got is None or dim not in got:
+            # The reference aborted the whole run here (PROTOCOL 2.5); the case is marked failed.
+            reason = "no valid judgment after 6 attempts" if got is None else f"reply lacks {dim!r}"
+            return {"flaws": None, "score": None}, {"dimension": dim, "fail_to_parse_response": raw,
+                                                    "reason": reason, "attempts": PR.ATTEMPTS}
+        flaws = got[dim]["flaws"]
+        return {"flaws": flaws, "score": PR.dimension_score(flaws, actor_rounds)}, None
+    guard = _SeeOutage(llm)
+    got = get_json(guard, judge_model, messages, validate=make_validator(dim), schema=P.judge_schema(dim),
+                   stage=stage, repair="quotes")
+    if guard.outage is not None:
+        # A dead endpoint is not a verdict on the sample: stop the run (finished samples are
+        # checkpointed) instead of recording failures that a rerun would reuse.
+        raise guard.outage
+    if isinstance(got, JsonFailure):
+        return {"flaws": None, "score": None}, {"dimension": dim, **got.to_record()}
+    flaws = got[dim]["flaws"]
+    return {"flaws": flaws, "score": metrics.dimension_score(flaws, actor_rounds)}, None
+
+
 def judge_case(llm, record: dict, judge_model: str, continue_from: int = 0, stage: str = "judge",
                protocol: str = "fixed") -> dict:
     """Evaluate one simulation record; returns the case entry of the evaluation file.
@@ -150,6 +178,7 @@ def judge_case(llm, record: dict, judge_model: str, continue_from: int = 0, stag
 
     critique: dict = {}
     failures = []
+    deferred = None
     for dim in DIMENSIONS:
         build = reference_judge_prompt if protocol == "reference" else P.judge_prompt
         system = build(dim, book=record["book_title"], plot_summary=circ["plot"].get("summary", ""),
@@ -157,31 +186,17 @@ def judge_case(llm, record: dict, judge_model: str, continue_from: int = 0, stag
                                 original_conversation=ref_str, major_characters=circ.get("major_characters", []),
                                 additional_instructions=extra)
         messages = [{"role": "system", "content": system}, {"role": "user", "content": sim_str}]
-        if protocol == "reference":
-            got, raw = reference_judgment(llm, judge_model, messages, dim, stage)
-            if got is None or dim not in got:
-                # The reference aborted the whole run here (PROTOCOL 2.5); the case is marked failed.
-                reason = "no valid judgment after 6 attempts" if got is None else f"reply lacks {dim!r}"
-                failures.append({"dimension": dim, "fail_to_parse_response": raw, "reason": reason,
-                                 "attempts": PR.ATTEMPTS})
-                critique[dim] = {"flaws": None, "score": None}
-                break
-            flaws = got[dim]["flaws"]
-            critique[dim] = {"flaws": flaws, "score": PR.dimension_score(flaws, actor_rounds)}
+        try:
+            entry, failure = judge_dimension(llm, judge_model, messages, dim, stage, protocol, actor_rounds)
+        except Deferred as e:
+            deferred = e  # batch mode: the other dimensions' requests join the same batch
             continue
-        guard = _SeeOutage(llm)
-        got = get_json(guard, judge_model, messages, validate=make_validator(dim), schema=P.judge_schema(dim),
-                       stage=stage, repair="quotes")
-        if guard.outage is not None:
-            # A dead endpoint is not a verdict on the sample: stop the run (finished samples are
-            # checkpointed) instead of recording failures that a rerun would reuse.
-            raise guard.outage
-        if isinstance(got, JsonFailure):
-            failures.append({"dimension": dim, **got.to_record()})
-            critique[dim] = {"flaws": None, "score": None}
+        critique[dim] = entry
+        if failure is not None:
+            failures.append(failure)
             break  # the case is excluded anyway: judging the other dimensions would only cost calls
-        flaws = got[dim]["flaws"]
-        critique[dim] = {"flaws": flaws, "score": metrics.dimension_score(flaws, actor_rounds)}
+    if deferred is not None:  # even after a later failure: the earlier dimension decides the case
+        raise deferred
 
     scores = metrics.bleu_rouge(reference_str(ref[continue_from:]), simulation_str(sim[continue_from:]))
     critique.update(scores)

@@ -88,6 +88,9 @@ class LLM:
         self._client_lock = threading.Lock()
         self._no_schema: set[tuple] = set()
         self._jitter = random.Random()
+        # Batch mode (coser/batch.py): while a stage runs under a batch session, a cache miss is
+        # recorded for a Batch API request instead of being sent (or answered from the session).
+        self.batch = None
 
     # -- public API ---------------------------------------------------------------------------
     def chat(self, model: str, messages, max_tokens: int | None = None, nth_generation: int = 0,
@@ -102,13 +105,21 @@ class LLM:
                                 cache_tag)
         msgs, max_tokens, temperature = request["messages"], request["max_tokens"], request["temperature"]
         key = cache_key(request)
+        session = self.batch
         if self.use_cache and self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None and isinstance(hit.get("content"), str) and out(hit["content"]) != "":
-                self.usage.record(model, stage, cached=True)
+                if session is None:
+                    self.usage.record(model, stage, cached=True)
+                else:
+                    session.hit(key, model, stage)  # counted once, by the pass that finishes the stage
                 if on_token is not None:
                     on_token(out(hit["content"]))
                 return out(hit["content"])
+        if session is not None and not is_local(model):
+            served = session.miss(key, request, model, stage)  # raises batch.Deferred while it waits
+            if served is not None:
+                return out(served)
         check_not_stopping()   # after Ctrl-C no new call starts (coser/pool.py)
         self.usage.check_budget()
         text, p_tok, c_tok = self._call_with_retry(model, msgs, max_tokens, temperature, nth_generation, schema,
@@ -371,6 +382,28 @@ class LLM:
         except Exception:
             return None
 
+    def _body(self, route: Route, url: str, msgs, max_tokens, temperature, schema, response_format) -> dict:
+        """The chat-completions request body, the same whether it goes online or into a batch file."""
+        model = route.sent
+        kwargs = dict(model=model, messages=msgs, temperature=temperature)
+        if model.lower().startswith(("o1", "o3", "o4", "gpt-5")):
+            kwargs["max_completion_tokens"] = max_tokens
+        else:
+            kwargs["max_tokens"] = max_tokens
+        if response_format is not None:
+            kwargs["response_format"] = response_format
+        elif schema is not None and (route.identity or redact_url(url), model) not in self._no_schema \
+                and self._wants_schema(route):
+            kwargs["response_format"] = {"type": "json_schema",
+                                         "json_schema": {"name": "output", "schema": schema, "strict": False}}
+        return kwargs
+
+    def batch_body(self, model: str, request: dict) -> dict:
+        """The body an online call of this cached request would send (for Batch API files)."""
+        route = self.route(model)
+        return self._body(route, route.base_urls[0], request["messages"], request["max_tokens"],
+                          request["temperature"], request.get("schema"), request.get("response_format"))
+
     def _remote(self, route: Route, url: str, msgs, max_tokens, temperature, schema, response_format, on_token):
         import openai
         client = self._remote_client(route, url)
@@ -378,17 +411,8 @@ class LLM:
         where = f"model '{route.name}'" + (f" ({os.path.basename(route.source) or 'config.json'} "
                                             f"models[\"{route.entry}\"])" if route.entry else "") + \
             f" at {redact_url(url) or 'the default OpenAI endpoint'}"
-        kwargs = dict(model=model, messages=msgs, temperature=temperature)
-        if model.lower().startswith(("o1", "o3", "o4", "gpt-5")):
-            kwargs["max_completion_tokens"] = max_tokens
-        else:
-            kwargs["max_tokens"] = max_tokens
         schema_key = (route.identity or redact_url(url), model)
-        if response_format is not None:
-            kwargs["response_format"] = response_format
-        elif schema is not None and schema_key not in self._no_schema and self._wants_schema(route):
-            kwargs["response_format"] = {"type": "json_schema",
-                                         "json_schema": {"name": "output", "schema": schema, "strict": False}}
+        kwargs = self._body(route, url, msgs, max_tokens, temperature, schema, response_format)
         try:
             if on_token is None:
                 # The body is plain JSON already. The SDK's typed `create` first walks every message

@@ -12,6 +12,7 @@ import json
 import os
 import threading
 
+from coser import batch
 from coser.config import is_local
 from coser.io import atomic_write_json
 from coser.jsonio import JsonFailure, get_json
@@ -289,7 +290,9 @@ def assemble_book(llm, title: str, extracted: dict, out_dir: str, model: str, ca
             ck.put("enhance", key, enhance_conversation(llm, model, title, plot, conv))
         return ck.data["enhance"][key]
 
-    for (key, _, conv), result in zip(jobs, map_ordered(enhance, jobs, num_workers, desc=f"{title[:20]}: enhance")):
+    # Batch mode: jobs whose calls wait in a batch are pending; the book goes on once all are answered.
+    enhanced = batch.check(map_ordered(batch.deferrable(enhance), jobs, num_workers, desc=f"{title[:20]}: enhance"))
+    for (key, _, conv), result in zip(jobs, enhanced):
         if result is None:
             stats["enhance_failed"] += 1
         else:
@@ -340,7 +343,8 @@ def assemble_book(llm, title: str, extracted: dict, out_dir: str, model: str, ca
             ck.put("profiles", name, text)
         return ck.data["profiles"][name]
 
-    profiles = map_ordered(profile, official, num_workers, desc=f"{title[:20]}: profiles")
+    profiles = batch.check(map_ordered(batch.deferrable(profile), official, num_workers,
+                                       desc=f"{title[:20]}: profiles"))
     for name, text in zip(official, profiles):
         d = datasets[name]
         for i_p, obj in d["plots"]:

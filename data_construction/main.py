@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from coser import cli  # noqa: E402
+from coser import batch, cli  # noqa: E402
 from coser.errors import CoserError, InputError  # noqa: E402
 from coser.io import atomic_write_text, iter_jsonl, read_json, require  # noqa: E402
 
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extraction protocol: 'reference' reproduces the reference's parsing and acceptance, "
                         "'fixed' this toolkit's (README 'Compatibility / protocols') (default %(default)s)")
     cli.add_common_args(p)
+    batch.add_args(p, "extraction (one chunk per book per round), enhancement, name and profile calls")
     return p
 
 
@@ -223,9 +224,14 @@ def main(argv=None) -> int:
                                         {"chunk_size": args.chunk_size, "limit_chunks": args.limit_chunks},
                                         {"path": args.input, "books": [b["title"] for b in books]},
                                         getattr(args, "protocol", "reference"))
+    def run_books():
+        # Batch mode: a book waiting for a batch is pending (its chunks and assembly calls are checkpointed).
+        return batch.check(map_ordered(batch.deferrable(lambda b: process_book(llm, b, args)), books,
+                                       args.num_workers, desc="books", return_exceptions=True))
+
     try:
-        results = map_ordered(lambda b: process_book(llm, b, args), books, args.num_workers, desc="books",
-                              return_exceptions=True)
+        results = batch.run_stage(llm, run_books, batch.state_path(args.output_dir, "construction"), args,
+                                  "construction")
     except BaseException:
         record.save(llm, status="stopped")
         lock.release()

@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from coser import cli  # noqa: E402
+from coser import batch, cli  # noqa: E402
 from coser.errors import InputError  # noqa: E402
 from coser.io import atomic_write_json, read_json  # noqa: E402
 from coser.pool import map_ordered  # noqa: E402
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GCA protocol: 'reference' reproduces the reference implementation, 'fixed' is this "
                         "toolkit's improved one (README 'Compatibility / protocols') (default %(default)s)")
     cli.add_common_args(p)
+    batch.add_args(p, "the judge calls")
     return p
 
 
@@ -276,7 +277,9 @@ def run_judging(llm, args, records: list[dict], eval_path: str, judge: str | Non
             ck.put(i, fp, case)
         return case
 
-    cases_list = map_ordered(one, list(enumerate(records)), args.num_workers, desc="judging")
+    # Batch mode: a case whose judge calls wait in a batch is pending, and no file is written yet.
+    cases_list = batch.check(map_ordered(batch.deferrable(one), list(enumerate(records)), args.num_workers,
+                                         desc="judging"))
     cases = {}
     for rec, case in zip(records, cases_list):
         cases[item_key(rec["book_title"], rec["i_p"], rec["i_c"])] = case
@@ -340,7 +343,9 @@ def judge_all(llm, run_llm, args, sim_path: str, records: list[dict], sim_spec: 
                 path = RS.suffixed(eval_base, spec)  # never overwrite the reference's file
             t0 = time.monotonic()
             spec["simulation_file"] = os.path.relpath(sim_path, args.exp_dir)  # relative to the exp folder
-            evaluation = run_judging(run_llm, args, records, path, judge=judge, spec=spec, log=record.log)
+            evaluation = batch.run_stage(
+                llm, lambda: run_judging(run_llm, args, records, path, judge=judge, spec=spec, log=record.log),
+                batch.state_path(args.exp_dir, os.path.basename(path)[:-5]), args, f"judge {judge}")
             record.add(spec, path, seconds=time.monotonic() - t0)
         if path != eval_base:
             print(f"evaluation ({judge}): {path} (spec {RS.spec_hash(spec)})", file=sys.stderr)

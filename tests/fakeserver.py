@@ -3,6 +3,10 @@
 It scripts replies per request, injects faults (HTTP errors with Retry-After, hangs, malformed or
 cut bodies, dropped connections), records every request body it receives (the Authorization
 header is never recorded), and counts the maximum number of requests in flight.
+
+It also serves a Batch API (`FakeBatches`): file upload and content, batch create, retrieve and list,
+with status transitions validating -> in_progress -> completed over polls, answering each line with
+the same responder as online calls; per-line failures and expired batches can be scripted.
 """
 from __future__ import annotations
 
@@ -95,6 +99,7 @@ class FakeServer:
         self.max_in_flight = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.batches = FakeBatches(self)
 
     # -- scripting ----------------------------------------------------------------------------
     def set_responder(self, fn: Callable[[dict], Any]) -> None:
@@ -133,12 +138,18 @@ class FakeServer:
             def do_GET(self):
                 if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                     return self._send(401, {"error": {"message": "Incorrect API key provided", "type": "auth"}})
+                if "/files/" in self.path or "/batches" in self.path:
+                    return self._raw(*server.batches.get(self.path))
                 names = server.models if server.models is not None else ["fake-model"]
                 self._send(200, {"object": "list", "data": [{"id": n, "object": "model"} for n in names]})
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
+                if self.path.endswith(("/files", "/batches")):
+                    if server.api_key is not None and self.headers.get("Authorization") != f"Bearer {server.api_key}":
+                        return self._send(401, {"error": {"message": "Incorrect API key provided", "type": "auth"}})
+                    return self._raw(*server.batches.post(self.path, self.headers.get("Content-Type", ""), raw))
                 try:
                     body = json.loads(raw or b"{}")
                 except json.JSONDecodeError:
@@ -268,6 +279,129 @@ class FakeServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class FakeBatches:
+    """The Batch API part of the fake server. Counters in `counts`; each answered line's body in `bodies`.
+
+    Scripting: `steps` polls per status before the next one; `line_fault(custom_id, body)` returns an
+    HTTP status to fail that line with (or None); `expire` batches to end as "expired" after answering
+    only their first half (the rest go to the error file with code batch_expired).
+    """
+
+    def __init__(self, server: "FakeServer"):
+        self.server = server
+        self.lock = threading.Lock()
+        self.files: dict[str, bytes] = {}
+        self.jobs: dict[str, dict] = {}
+        self.counts = {"upload": 0, "create": 0, "poll": 0, "list": 0, "download": 0}
+        self.bodies: list[dict] = []
+        self.steps = 1
+        self.line_fault: Callable[[str, dict], int | None] | None = None
+        self.expire = 0
+
+    def _file(self, data: bytes, purpose: str) -> dict:
+        fid = f"file-{len(self.files) + 1}"
+        self.files[fid] = data
+        return {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                "filename": f"{fid}.jsonl", "purpose": purpose, "status": "processed"}
+
+    def post(self, path: str, content_type: str, raw: bytes) -> tuple[int, bytes]:
+        with self.lock:
+            if path.endswith("/files"):
+                self.counts["upload"] += 1
+                fields = _multipart(content_type, raw)
+                if fields.get("purpose") != b"batch" or "file" not in fields:
+                    return _json(400, {"error": {"message": "purpose must be batch, with a file"}})
+                return _json(200, self._file(fields["file"], "batch"))
+            self.counts["create"] += 1
+            req = json.loads(raw or b"{}")
+            if req.get("input_file_id") not in self.files or req.get("endpoint") != "/v1/chat/completions" \
+                    or req.get("completion_window") != "24h":
+                return _json(400, {"error": {"message": "bad batch request"}})
+            bid = f"batch_{len(self.jobs) + 1}"
+            self.jobs[bid] = {"id": bid, "object": "batch", "endpoint": req["endpoint"], "errors": None,
+                              "input_file_id": req["input_file_id"], "completion_window": "24h",
+                              "status": "validating", "output_file_id": None, "error_file_id": None,
+                              "created_at": int(time.time()), "metadata": req.get("metadata"),
+                              "request_counts": {"total": 0, "completed": 0, "failed": 0}, "_polls": 0}
+            return _json(200, self._public(bid))
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        with self.lock:
+            parts = path.split("?")[0].rstrip("/").split("/")
+            if parts[-1] == "content" and parts[-2] in self.files:
+                self.counts["download"] += 1
+                return 200, self.files[parts[-2]]
+            if parts[-1] == "batches":
+                self.counts["list"] += 1
+                return _json(200, {"object": "list", "data": [self._public(b) for b in self.jobs],
+                                   "has_more": False})
+            if parts[-1] in self.jobs:
+                self.counts["poll"] += 1
+                self._advance(self.jobs[parts[-1]])
+                return _json(200, self._public(parts[-1]))
+            return _json(404, {"error": {"message": f"no such object: {parts[-1]}"}})
+
+    def _public(self, bid: str) -> dict:
+        return {k: v for k, v in self.jobs[bid].items() if not k.startswith("_")}
+
+    def _advance(self, job: dict) -> None:
+        if job["status"] not in ("validating", "in_progress"):
+            return
+        job["_polls"] += 1
+        if job["_polls"] < self.steps:
+            return
+        job["_polls"] = 0
+        if job["status"] == "validating":
+            job["status"] = "in_progress"
+            return
+        expired = self.expire > 0
+        self.expire -= expired
+        lines = [json.loads(x) for x in self.files[job["input_file_id"]].decode().splitlines() if x.strip()]
+        cut = len(lines) // 2 if expired else len(lines)
+        out, err = [], []
+        for n, line in enumerate(lines):
+            cid, body = line["custom_id"], line["body"]
+            if n >= cut:
+                err.append({"id": f"req-{n}", "custom_id": cid, "response": None,
+                            "error": {"code": "batch_expired", "message": "expired before it ran"}})
+                continue
+            self.bodies.append({"custom_id": cid, **body})
+            status = self.line_fault(cid, body) if self.line_fault else None
+            reply = self.server.responder(body) if status is None else None
+            if isinstance(reply, Fault):
+                status = reply.status if reply.kind == "http" else 500
+            if status is not None:
+                err.append({"id": f"req-{n}", "custom_id": cid, "error": None, "response": {
+                    "status_code": status, "request_id": f"r{n}",
+                    "body": {"error": {"message": "injected line failure", "type": "fake"}}}})
+                continue
+            content = reply if isinstance(reply, str) else json.dumps(reply)
+            out.append({"id": f"req-{n}", "custom_id": cid, "error": None, "response": {
+                "status_code": 200, "request_id": f"r{n}", "body": _completion(body.get("model", ""), content)}})
+        to_bytes = lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()  # noqa: E731
+        job["output_file_id"] = self._file(to_bytes(out), "batch_output")["id"] if out else None
+        job["error_file_id"] = self._file(to_bytes(err), "batch_output")["id"] if err else None
+        job["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
+        job["status"] = "expired" if expired else "completed"
+
+
+def _json(status: int, obj) -> tuple[int, bytes]:
+    return status, json.dumps(obj).encode()
+
+
+def _multipart(content_type: str, raw: bytes) -> dict[str, bytes]:
+    """Field name -> value of a multipart/form-data body (enough for the SDK's file upload)."""
+    boundary = content_type.split("boundary=")[-1].strip().strip('"').encode()
+    fields = {}
+    for part in raw.split(b"--" + boundary):
+        head, sep, value = part.partition(b"\r\n\r\n")
+        if not sep or b"name=" not in head:
+            continue
+        name = head.split(b'name="', 1)[1].split(b'"', 1)[0].decode()
+        fields[name] = value[:-2] if value.endswith(b"\r\n") else value
+    return fields
 
 
 def _embeddings(body: dict) -> dict:
