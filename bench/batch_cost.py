@@ -54,8 +54,18 @@ def evaluation(tmp: str, name: str) -> dict:
 
 
 def totals(tmp: str, name: str) -> dict:
-    with open(os.path.join(tmp, name, "exp", "run_gca_evaluation.json"), encoding="utf-8") as f:
-        return json.load(f)["usage"]["totals"]
+    """Calls, batch calls and exact cost summed over every invocation's record (exp/runs/)."""
+    out = {"calls": 0, "batch_calls": 0, "cost_usd": 0.0}
+    runs = os.path.join(tmp, name, "exp", "runs")
+    for fname in sorted(os.listdir(runs)):
+        if fname.endswith(".json"):
+            with open(os.path.join(runs, fname), encoding="utf-8") as f:
+                usage = json.load(f).get("usage") or {"rows": []}
+            for row in usage["rows"]:
+                out["calls"] += row["calls"]
+                out["batch_calls"] += row["batch_calls"]
+                out["cost_usd"] += row["cost_usd"] or 0.0
+    return out
 
 
 def main(argv=None) -> int:
@@ -121,8 +131,8 @@ def main(argv=None) -> int:
     base = rows[0][4]["cost_usd"]
     print(f"{args.samples} scenes x 4 dimensions, judge gpt-4o priced 2.50 / 10.00 USD per 1M tokens "
           "(batch: half, the default)\n")
-    print("| run | wall | requests online | Batch API calls | LLM calls (batch) | cost USD | cost / online | "
-          "evaluation == online |")
+    print("| run | wall | requests online | Batch API requests | LLM calls (of which batch) | cost USD | "
+          "cost / online | evaluation == online |")
     print("|---|---:|---:|---|---:|---:|---:|---|")
     for name, wall, online, counts, t, same in rows:
         api = ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"

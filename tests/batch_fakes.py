@@ -48,7 +48,9 @@ def judge(bad_every: int = 5):
         dim = judge_dimension(body)
         h = _h(msgs[-1]["content"] + dim)
         if bad_every and body.get("temperature") == 0 and h % bad_every == 0:
-            return "The acting was fine overall, I think."
+            # Distinct per request (so are the repair requests), and letters only: no JSON value inside.
+            tag = "".join(chr(97 + (h >> (5 * k)) % 26) for k in range(4))
+            return f"The acting was fine overall, I think, says {tag}."
         flaws = [{"instance": f"flaw {k}", "type": dim, "severity": 1 + (h >> k) % 4} for k in range(h % 3)]
         return json.dumps({dim: {"flaws": flaws}})
     return reply
