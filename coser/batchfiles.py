@@ -34,8 +34,10 @@ def request_line(custom_id: str, body: dict) -> str:
                       ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-def split(lines: list[str], limit: int = MAX_LINES) -> list[list[str]]:
-    return [lines[i:i + limit] for i in range(0, len(lines), limit)] or [[]]
+def split(items: list, limit: int | None = None) -> list[list]:
+    """Pieces of at most MAX_LINES (read at call time, so tests can lower it)."""
+    limit = limit or MAX_LINES
+    return [items[i:i + limit] for i in range(0, len(items), limit)] or [[]]
 
 
 def numbered_paths(path: str, n: int) -> list[str]:

@@ -126,8 +126,10 @@ def test_killed_run_resumes_the_same_batch(fake_server, llm_env, tmp_path, sim):
     assert proc.poll() is None, proc.communicate()[1]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    state = read(tmp_path / "batch" / "exp" / "batches" / "sim.json")
-    assert [b["id"] for b in state["batches"]] == ["batch_1"]
+    state_file = tmp_path / "batch" / "exp" / "batches" / "sim.json"
+    assert [b["id"] for b in read(state_file)["batches"]] == ["batch_1"]
+    from tests.conftest import TEST_KEY
+    assert TEST_KEY not in state_file.read_text()
     fake_server.batches.steps = 1
     r = run_script(gca(tmp_path, sim, "batch", "--batch", "--batch_poll", "0.02"), env=llm_env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -285,3 +287,103 @@ def test_killed_between_upload_and_create_finds_its_batch(fake_server, make_llm,
     assert fake_server.batches.counts["create"] == 1 and fake_server.batches.counts["list"] == 1
     assert llm.cache.get(key)["content"] == "fine" and key in read(path)["answered"]
     assert llm.usage.totals()["batch_calls"] == 1
+
+
+def test_rounds_are_bounded_then_the_rest_goes_online(fake_server, llm_env, tmp_path, sim):
+    ev_online, bodies = online(fake_server, llm_env, tmp_path, sim)
+    r = run_script(gca(tmp_path, sim, "batch", "--batch", "--batch_rounds", "1", "--batch_poll", "0.01"),
+                   env=llm_env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert fake_server.batches.counts["create"] == 1 and "go online" in r.stderr
+    first = {canon(b) for b in fake_server.batches.bodies}
+    later = {canon(b) for b in fake_server.chat_requests()}
+    assert len(first) == 24 and later and first | later == set(bodies) and not first & later
+    assert evaluation(tmp_path, "batch") == ev_online
+
+
+def test_max_cost_stops_before_the_next_round(fake_server, llm_env, tmp_path, sim):
+    fake_server.set_responder(judge())
+    r = run_script(gca(tmp_path, sim, "batch", "--batch", "--batch_poll", "0.01", "--max_cost", "0.0000001"),
+                   env=llm_env, cwd=tmp_path)
+    assert r.returncode == 3 and "--max_cost" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert fake_server.batches.counts["create"] == 1 and fake_server.chat_requests() == []
+    r = run_script(gca(tmp_path, sim, "batch", "--batch", "--batch_poll", "0.01"), env=llm_env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert fake_server.batches.counts["create"] == 3 and fake_server.chat_requests() == []
+    assert len(fake_server.batches.bodies) == len({canon(b) for b in fake_server.batches.bodies})  # none twice
+
+
+def test_export_splits_by_model_and_line_limit(fake_server, make_llm, tmp_path, monkeypatch):
+    from coser import batch as B
+    from coser import batchfiles as BF
+    from coser.errors import BatchExported
+
+    monkeypatch.setattr(BF, "MAX_LINES", 2)
+    llm = make_llm()
+    session = B.Session(llm, str(tmp_path / "state.json"))
+    for model, n in (("gpt-4o", 5), ("gpt-4o-mini", 1)):
+        for i in range(n):
+            req = llm._request(model, f"question {i}", None, 0, None, None, None, "")
+            session.pending[f"{model}-{i}"] = {"model": model, "request": req, "stage": "judge"}
+    with pytest.raises(BatchExported) as e:
+        B._export(session, list(session.pending), str(tmp_path / "req.jsonl"), "judge")
+    assert "4 files" in str(e.value)
+    sizes = []
+    for n in range(1, 5):
+        with open(tmp_path / f"req-{n}.jsonl", encoding="utf-8") as f:
+            lines = [json.loads(x) for x in f]
+        assert len({x["body"]["model"] for x in lines}) == 1     # one model per file
+        sizes.append((lines[0]["body"]["model"], len(lines)))
+    assert sizes == [("gpt-4o", 2), ("gpt-4o", 2), ("gpt-4o", 1), ("gpt-4o-mini", 1)]
+    assert not os.path.exists(tmp_path / "req.jsonl")
+
+
+def test_batches_go_to_the_models_own_endpoint_with_its_own_key(fake_server, llm_env, tmp_path, sim):
+    from tests.conftest import TEST_KEY
+    from tests.fakeserver import FakeServer
+
+    own_key = "sk-judge-OWN-KEY-9876543210"
+    with FakeServer(responder=judge(bad_every=0), api_key=own_key) as judge_server:
+        with open(tmp_path / "config.json", "w", encoding="utf-8") as f:
+            json.dump({"models": {"gpt-4o": {"base_url": judge_server.base_url, "api_key": own_key}}}, f)
+        r = run_script(gca(tmp_path, sim, "batch", "--batch", "--batch_poll", "0.01"), env=llm_env, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr                         # the judge server refuses any other key
+        assert judge_server.batches.counts["create"] == 1 and len(judge_server.batches.bodies) == 24
+    assert fake_server.batches.counts == {k: 0 for k in fake_server.batches.counts}
+    assert fake_server.requests == []
+    for root, _, names in os.walk(tmp_path / "batch"):
+        for name in names:
+            if name.endswith((".json", ".jsonl", ".log")):
+                text = open(os.path.join(root, name), encoding="utf-8").read()
+                assert own_key not in text and TEST_KEY not in text, name
+
+
+def test_construction_export_import_rounds(fake_server, llm_env, tmp_path):
+    """Construction through files: each round's requests exported, answered offline, imported."""
+    from tests import construction_script as S
+    from tests.test_construction_run import othello, write_books
+
+    books = write_books(tmp_path / "books.jsonl", [othello(20000)])
+    fake_server.set_responder(S.respond)
+    args = ["data_construction/main.py", "--input", books, "--chunk_size", "1024", "--limit_chunks", "2",
+            "--model", "gpt-4o", "--num_workers", "2"]
+    r = run_script([*args, "--output_dir", tmp_path / "online", "--cache_path", tmp_path / "c1.sqlite"],
+                   env=llm_env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    imports = []
+    for n in range(1, 12):
+        req, res = tmp_path / f"req{n}.jsonl", tmp_path / f"res{n}.jsonl"
+        fake_server.reset()
+        r = run_script([*args, "--output_dir", tmp_path / "files", "--cache_path", tmp_path / "c2.sqlite",
+                        *sum((["--batch_import", p] for p in imports), []), "--batch_export", req],
+                       env=llm_env, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert fake_server.chat_requests() == []
+        if not os.path.exists(req):
+            break
+        assert subprocess.run([PYTHON, STANDIN, "-i", req, "-o", res, "--url", fake_server.base_url],
+                              timeout=60).returncode == 0
+        imports.append(res)
+    assert len(imports) >= 5                                       # 2 chunks, enhance, names, profiles
+    for sub in ("extracted", "final"):
+        assert read(tmp_path / "files" / sub / "Othello.json") == read(tmp_path / "online" / sub / "Othello.json")
