@@ -173,7 +173,7 @@ def run_stage(llm, fn: Callable, state_path: str, args, label: str):
     while True:
         done, result = _pass(llm, session, fn)
         if done:
-            _finish(llm, session)
+            _finish(llm, session, label, rounds, len(imported))
             return result
         waiting = list(session.pending)
         if imported and session.store([imported[k] for k in waiting if k in imported]):
@@ -205,9 +205,14 @@ def _pass(llm, session: Session, fn) -> tuple[bool, object]:
         llm.batch = None
 
 
-def _finish(llm, session: Session) -> None:
+def _finish(llm, session: Session, label: str, rounds: int, imported: int) -> None:
     for model, stage in session.hits:
         llm.usage.record(model, stage, cached=True)
+    # For the run record: which batches answered this stage (ids and endpoints, never keys).
+    llm.batch_runs.append({"stage": label, "rounds": rounds, "polls": session.polls, "imported_lines": imported,
+                           "answered": len(session.answered), "online_after_batches": len(session.released),
+                           "batches": [{k: b.get(k) for k in ("id", "model", "endpoint", "status")}
+                                       | {"requests": len(b["custom_ids"])} for b in session.state["batches"]]})
     try:
         os.unlink(session.path)
     except OSError:

@@ -92,6 +92,7 @@ def run_record(args: argparse.Namespace, llm: LLM, stage: str, extra: dict | Non
                       if k.endswith("model") and isinstance(v, str) and v},
         "cache": None if llm.cache is None else os.path.relpath(llm.cache.path),
         "usage": llm.usage.to_dict(),
+        **({"batches": llm.batch_runs} if getattr(llm, "batch_runs", None) else {}),
         **(extra or {}),
     }
 

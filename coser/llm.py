@@ -91,6 +91,7 @@ class LLM:
         # Batch mode (coser/batch.py): while a stage runs under a batch session, a cache miss is
         # recorded for a Batch API request instead of being sent (or answered from the session).
         self.batch = None
+        self.batch_runs: list[dict] = []   # one summary per stage finished in batch mode, for run records
 
     # -- public API ---------------------------------------------------------------------------
     def chat(self, model: str, messages, max_tokens: int | None = None, nth_generation: int = 0,

@@ -357,6 +357,8 @@ class RunRecord:
             usage = llm.usage.to_dict()
             self.data["usage"] = usage
             self.data["cost"] = (usage.get("totals") or {}).get("cost_usd") if isinstance(usage, dict) else None
+            if getattr(llm, "batch_runs", None):
+                self.data["batches"] = llm.batch_runs  # batch mode: the batches behind this run's answers
         atomic_write_json(self.path, self.data)
         self.log.info("%s in %.1fs; record %s", status, self.data["seconds"], self.path)
         for h in list(self.log.handlers):

@@ -78,6 +78,9 @@ def test_batch_judge_equals_online_at_half_cost(fake_server, llm_env, tmp_path, 
     assert off["prompt_tokens"] == on["prompt_tokens"] and on["cost_usd"] > 0
     assert off["cost_usd"] == pytest.approx(on["cost_usd"] / 2, rel=1e-6)
     assert not os.path.exists(tmp_path / "batch" / "exp" / "batches" / "sim.json")  # state gone when done
+    (record,) = read(tmp_path / "batch" / "exp" / "run_gca_evaluation.json")["batches"]
+    assert record["rounds"] == 3 and [b["id"] for b in record["batches"]] == ["batch_1", "batch_2", "batch_3"]
+    assert all(b["status"] == "completed" and b["endpoint"] == fake_server.base_url for b in record["batches"])
     # A normal rerun finds every answer in the cache under the online keys: it asks again exactly what
     # a rerun of the online run asks again (the replies rejected as unparseable, issue 19).
     fake_server.reset()
