@@ -51,9 +51,9 @@ def cost(tmp_path, name):
     return dict(usage["totals"], cost_usd=sum(r["cost_usd"] for r in usage["rows"]))
 
 
-def online(fake_server, llm_env, tmp_path, sim):
+def online(fake_server, llm_env, tmp_path, sim, *extra):
     fake_server.set_responder(judge())
-    r = run_script(gca(tmp_path, sim, "online"), env=llm_env, cwd=tmp_path)
+    r = run_script(gca(tmp_path, sim, "online", *extra), env=llm_env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     # Distinct bodies: on a loaded machine a slow reply may time out and be sent again (a retry).
     bodies = sorted(set(canon(b) for b in fake_server.chat_requests()))
@@ -61,10 +61,13 @@ def online(fake_server, llm_env, tmp_path, sim):
     return evaluation(tmp_path, "online"), bodies
 
 
-def test_batch_judge_equals_online_at_half_cost(fake_server, llm_env, tmp_path, sim):
-    ev_online, bodies = online(fake_server, llm_env, tmp_path, sim)
+@pytest.mark.parametrize("protocol", ["reference", "fixed"])
+def test_batch_judge_equals_online_at_half_cost(fake_server, llm_env, tmp_path, sim, protocol):
+    ev_online, bodies = online(fake_server, llm_env, tmp_path, sim, "--protocol", protocol)
     assert not any(c.get("failed") for c in ev_online["cases"].values())   # regenerated, not failed
-    r = run_script(gca(tmp_path, sim, "batch", "--batch", "--batch_poll", "0.02"), env=llm_env, cwd=tmp_path)
+    assert any("response_format" in b for b in bodies) == (protocol == "fixed")
+    r = run_script(gca(tmp_path, sim, "batch", "--batch", "--batch_poll", "0.02", "--protocol", protocol),
+                   env=llm_env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert fake_server.chat_requests() == []                      # nothing went online
     assert evaluation(tmp_path, "batch") == ev_online             # case for case, score for score
@@ -84,11 +87,11 @@ def test_batch_judge_equals_online_at_half_cost(fake_server, llm_env, tmp_path, 
     # A normal rerun finds every answer in the cache under the online keys: it asks again exactly what
     # a rerun of the online run asks again (the replies rejected as unparseable, issue 19).
     fake_server.reset()
-    r = run_script(gca(tmp_path, sim, "batch", "--reevaluate"), env=llm_env, cwd=tmp_path)
+    r = run_script(gca(tmp_path, sim, "batch", "--reevaluate", "--protocol", protocol), env=llm_env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     again = sorted(canon(b) for b in fake_server.chat_requests())
     fake_server.reset()
-    r = run_script(gca(tmp_path, sim, "online", "--reevaluate"), env=llm_env, cwd=tmp_path)
+    r = run_script(gca(tmp_path, sim, "online", "--reevaluate", "--protocol", protocol), env=llm_env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert set(again) == set(canon(b) for b in fake_server.chat_requests()) and 0 < len(set(again)) < 24
     assert evaluation(tmp_path, "batch") == ev_online
