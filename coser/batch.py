@@ -227,7 +227,7 @@ def _release(session: Session, keys: list[str], label: str) -> None:
 
 
 def _export(session: Session, keys: list[str], path: str, label: str) -> None:
-    groups = [chunk for ks in session.groups(keys).values() for chunk in BF.split(session.lines(ks))]
+    groups = [lines for ks in session.groups(keys).values() for _, lines in BF.split(ks, session.lines(ks))]
     paths = BF.write_requests(path, groups)
     session.save()
     shown = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]} ({len(paths)} files)"
@@ -240,9 +240,9 @@ def _submit(session: Session, keys: list[str], label: str) -> None:
 
     for (_, _, model), ks in session.groups(keys).items():
         api = BatchAPI(session.llm, session.llm.route(model))
-        for part in BF.split(ks):
+        for part, lines in BF.split(ks, session.lines(ks)):
             rec = {"model": model, "endpoint": api.route.shown, "custom_ids": part, "done": False}
-            rec["input_file_id"] = api.upload("coser-batch.jsonl", "".join(session.lines(part)).encode("utf-8"))
+            rec["input_file_id"] = api.upload("coser-batch.jsonl", "".join(lines).encode("utf-8"))
             session.state["batches"].append(rec)
             session.save()   # killed from here on, a rerun finds the batch made from this file (or makes it)
             rec.update(api.create(rec["input_file_id"], {"coser": label[:500]}))

@@ -16,6 +16,7 @@ from .errors import InputError
 from .io import atomic_write_text
 
 MAX_LINES = 50_000          # OpenAI's limit of requests per batch file
+MAX_BYTES = 190_000_000     # under OpenAI's 200 MB per input file (judge prompts run to ~10 KB a line)
 URL = "/v1/chat/completions"
 
 
@@ -34,10 +35,19 @@ def request_line(custom_id: str, body: dict) -> str:
                       ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-def split(items: list, limit: int | None = None) -> list[list]:
-    """Pieces of at most MAX_LINES (read at call time, so tests can lower it)."""
-    limit = limit or MAX_LINES
-    return [items[i:i + limit] for i in range(0, len(items), limit)] or [[]]
+def split(keys: list[str], lines: list[str]) -> list[tuple[list[str], list[str]]]:
+    """(keys, lines) pieces of at most MAX_LINES lines and MAX_BYTES bytes (limits read at call time,
+    so tests can lower them); a single line larger than MAX_BYTES still gets a piece of its own."""
+    pieces, size = [([], [])], 0
+    for k, line in zip(keys, lines):
+        n = len(line.encode("utf-8"))
+        if pieces[-1][0] and (len(pieces[-1][0]) >= MAX_LINES or size + n > MAX_BYTES):
+            pieces.append(([], []))
+            size = 0
+        pieces[-1][0].append(k)
+        pieces[-1][1].append(line)
+        size += n
+    return pieces
 
 
 def numbered_paths(path: str, n: int) -> list[str]:

@@ -342,6 +342,11 @@ def test_export_splits_by_model_and_line_limit(fake_server, make_llm, tmp_path, 
         sizes.append((lines[0]["body"]["model"], len(lines)))
     assert sizes == [("gpt-4o", 2), ("gpt-4o", 2), ("gpt-4o", 1), ("gpt-4o-mini", 1)]
     assert not os.path.exists(tmp_path / "req.jsonl")
+    # The byte bound splits too (OpenAI takes at most 200 MB per file); an oversized line stands alone.
+    monkeypatch.setattr(BF, "MAX_LINES", 50_000)
+    monkeypatch.setattr(BF, "MAX_BYTES", 11)
+    pieces = BF.split(["a", "b", "c", "d"], ["12345\n", "1234\n", "123456789012\n", "1\n"])
+    assert pieces == [(["a", "b"], ["12345\n", "1234\n"]), (["c"], ["123456789012\n"]), (["d"], ["1\n"])]
 
 
 def test_batches_go_to_the_models_own_endpoint_with_its_own_key(fake_server, llm_env, tmp_path, sim):
