@@ -87,7 +87,10 @@ def load_books(path: str, only: list[str] | None) -> tuple[list[dict], list[str]
 def dry_run(books: list[dict], args) -> list[dict]:
     from coser.config import load_settings
 
-    prices = load_settings(args.config).prices.get(args.model)
+    from coser.usage import Usage
+
+    usage = Usage(load_settings(args.config).prices)
+    prices = usage.price(args.model)
     rows = []
     for b in books:
         plan = chunking.chunk_book(b["content"], args.chunk_size, where=f"{args.input}: line {b['line']}")
@@ -98,7 +101,8 @@ def dry_run(books: list[dict], args) -> list[dict]:
         prompt_tokens = sum(chunking.count_tokens(build_prompt(b["title"], b["author"], c, [])) for c in chunks)
         cost = None
         if prices:
-            cost = (prompt_tokens * prices["input"] + sum(counts) * OUTPUT_PER_INPUT * prices["output"]) / 1e6
+            cost = usage.cost_of(args.model, prompt_tokens, sum(counts) * OUTPUT_PER_INPUT,
+                                 batch=bool(getattr(args, "batch", False)))
         rows.append({"title": b["title"], "chapters": None if plan.chapters is None else len(plan.chapters),
                      "chunks": len(chunks), "tokens": sum(counts), "calls": len(chunks),
                      "prompt_tokens": prompt_tokens, "cost": cost})
@@ -111,6 +115,7 @@ def dry_run(books: list[dict], args) -> list[dict]:
         print(f"{r['title'][:40]:40} {ch:>8} {r['chunks']:>6} {r['tokens']:>9} {r['calls']:>6} {cost:>9}")
     print(f"calls = extraction requests at one attempt each (up to 6x with retries); 'none' chapters = fixed-size "
           f"chunks; cost assumes replies of {OUTPUT_PER_INPUT:g}x the chunk tokens and excludes assembly"
+          + ("; at batch prices (--batch)" if getattr(args, "batch", False) else "")
           + ("" if prices else f"; no price for {args.model} in the config"))
     return rows
 

@@ -398,3 +398,18 @@ def test_construction_export_import_rounds(fake_server, llm_env, tmp_path):
     assert len(imports) >= 5                                       # 2 chunks, enhance, names, profiles
     for sub in ("extracted", "final"):
         assert read(tmp_path / "files" / sub / "Othello.json") == read(tmp_path / "online" / sub / "Othello.json")
+
+
+def test_dry_run_estimates_at_batch_prices(tmp_path):
+    from tests.test_construction_run import othello, write_books
+
+    books = write_books(tmp_path / "books.jsonl", [othello(20000)])
+    config(tmp_path / "config.json", price_in=2500.0, price_out=10000.0)
+    est = []
+    for extra in ([], ["--batch"]):
+        r = run_script(["data_construction/main.py", "--input", books, "--output_dir", tmp_path / "d", "--dry_run",
+                        "--model", "gpt-4o", "--config", tmp_path / "config.json", *extra], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        row = next(x for x in r.stdout.splitlines() if x.startswith("Othello"))
+        est.append(float(row.split()[-1]))
+    assert est[0] > 10 and est[1] == pytest.approx(est[0] / 2, abs=0.01)
