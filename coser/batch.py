@@ -25,6 +25,8 @@ from typing import Callable
 from . import batchfiles as BF
 from .errors import BatchExported, CoserError, InputError
 from .io import atomic_write_json, read_json
+from .llm import _estimate
+from .tokens import count_tokens
 
 STATE_VERSION = 1
 DEFAULT_ROUNDS = 64   # bound on batch rounds per stage (construction's extraction is one round per chunk)
@@ -87,7 +89,9 @@ class Session:
         self.state = _load(path)
         self.answered = set(self.state["answered"])
         self.empty = set(self.state["empty"])
-        self.released: set[str] = set()
+        # Requests that failed in batches as often as an online call may fail go online instead.
+        self.max_failures = max(1, int(llm.settings.max_attempts))
+        self.released = {k for k, n in self.state["failures"].items() if n >= self.max_failures}
         self.pending: dict[str, dict] = {}
         self.hits: list[tuple[str, str]] = []
         self.polls = 0
@@ -130,9 +134,11 @@ class Session:
             if r.content is None:
                 fails = self.state["failures"]
                 fails[r.custom_id] = fails.get(r.custom_id, 0) + 1
-                if fails[r.custom_id] >= max(1, int(self.llm.settings.max_attempts)):
-                    self.released.add(r.custom_id)  # it failed as often as an online call may: go online
+                if fails[r.custom_id] >= self.max_failures:
+                    self.released.add(r.custom_id)
                 continue
+            if not (r.prompt_tokens or r.completion_tokens):  # a results file without usage: estimate, as online
+                r.prompt_tokens, r.completion_tokens = _estimate(p["request"]["messages"]), count_tokens(r.content)
             if r.content == "":
                 self.empty.add(r.custom_id)  # as online: an empty reply is not cached
             else:

@@ -413,3 +413,22 @@ def test_dry_run_estimates_at_batch_prices(tmp_path):
         row = next(x for x in r.stdout.splitlines() if x.startswith("Othello"))
         est.append(float(row.split()[-1]))
     assert est[0] > 10 and est[1] == pytest.approx(est[0] / 2, abs=0.01)
+
+
+def test_results_without_usage_are_estimated_and_failures_persist(make_llm, tmp_path):
+    from coser import batch as B
+    from coser.batchfiles import Result
+    from coser.cache import cache_key
+
+    llm = make_llm(max_attempts=2)
+    path = str(tmp_path / "state.json")
+    session = B.Session(llm, path)
+    reqs = {m: llm._request("gpt-4o", m, None, 0, None, None, None, "") for m in ("first question", "second")}
+    keys = {m: cache_key(r) for m, r in reqs.items()}
+    session.pending = {keys[m]: {"model": "gpt-4o", "request": r, "stage": "judge"} for m, r in reqs.items()}
+    session.store([Result(keys["first question"], "an answer of five words"), Result(keys["second"], None),
+                   Result(keys["second"], None, error="HTTP 500")])
+    row = llm.usage.to_dict()["rows"][0]
+    assert row["batch_calls"] == 1 and row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+    # Two failures = max_attempts: after a restart the request goes online, not into another batch.
+    assert B.Session(llm, path).released == {keys["second"]}
