@@ -432,3 +432,22 @@ def test_results_without_usage_are_estimated_and_failures_persist(make_llm, tmp_
     assert row["batch_calls"] == 1 and row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
     # Two failures = max_attempts: after a restart the request goes online, not into another batch.
     assert B.Session(llm, path).released == {keys["second"]}
+
+
+def test_full_gca_run_judges_in_batches(fake_server, llm_env, tmp_path):
+    """The default command (test file in, simulation reused, judged) with --batch: same evaluation file."""
+    from tests.test_gca_run import published_layout
+    from tests.gca_fakes import responder
+
+    fake_server.set_responder(responder())
+    for name in ("online", "batch"):
+        published_layout(tmp_path / name)
+    r = run_script([GCA, "--num_workers", "2", "--cache_path", "c.sqlite"], env=llm_env, cwd=tmp_path / "online")
+    assert r.returncode == 0, r.stderr
+    fake_server.reset()
+    r = run_script([GCA, "--num_workers", "2", "--cache_path", "c.sqlite", "--batch", "--batch_poll", "0.01"],
+                   env=llm_env, cwd=tmp_path / "batch")
+    assert r.returncode == 0, r.stderr
+    assert fake_server.chat_requests() == [] and len(fake_server.batches.bodies) == 12
+    path = os.path.join("exp", "evaluation", "test_set_gpt-4o.json")
+    assert read(tmp_path / "batch" / path) == read(tmp_path / "online" / path)
