@@ -605,5 +605,17 @@ def run(session: ChatSession, read_line: Callable[[str], str], out: TextIO = sys
 
 def _final_save(session: ChatSession, path: str | None, out_dir: str, err: TextIO) -> None:
     if session.turns or session.earlier or session.dropped:
-        path = session.save(path or default_transcript_path(out_dir, session.persona.name))
+        path = path or default_transcript_path(out_dir, session.persona.name)
+        try:
+            session.save(path)
+        except OutputError as e:
+            # The chat happened: it must not be lost because its folder cannot be written. It goes to
+            # the temp folder, the error still ends the run (exit 2) and says where the chat went.
+            import tempfile
+            rescue = os.path.join(tempfile.gettempdir(), "coser-chat", os.path.basename(path))
+            try:
+                session.save(rescue)
+            except OutputError:
+                raise e from None
+            raise OutputError(f"{e}; the transcript was saved to {rescue} instead") from None
         print(f"transcript: {path}", file=err)

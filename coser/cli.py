@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import sys
 from typing import Callable
@@ -29,10 +30,33 @@ def add_common_args(parser: argparse.ArgumentParser, workers: bool = True, worke
     g.add_argument("--no_cache", action="store_true", help="bypass the response cache (neither read nor write)")
     g.add_argument("--cache_path", default=None, metavar="FILE",
                    help="SQLite cache file (default: .cache/llm_cache.sqlite under the current directory)")
-    g.add_argument("--max_cost", type=float, default=None, metavar="USD",
+    g.add_argument("--max_cost", type=non_negative_number, default=None, metavar="USD",
                    help="stop starting new LLM calls once this cost is reached (needs prices in config.json)")
     if workers:
-        g.add_argument("--num_workers", type=int, default=workers_default, help="parallel LLM work (default %(default)s)")
+        g.add_argument("--num_workers", type=positive_int, default=workers_default,
+                       help="parallel LLM work (default %(default)s)")
+
+
+def non_negative_number(text: str) -> float:
+    """argparse type: a finite number, 0 or more ('nan' and 'inf' parse as floats but mean nothing here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"should be a finite number, 0 or more, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"should be at least 1, got {value}")
+    return value
 
 
 def notice(msg: str) -> None:
@@ -110,6 +134,19 @@ def finish(out_dir: str, args: argparse.Namespace, stage: str, extra: dict | Non
     return path
 
 
+def _exit_on_sigint() -> None:
+    import signal
+
+    def now(signum, frame):
+        os.write(2, b"\ninterrupted again: exiting now\n")
+        os._exit(130)
+    try:
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, now)
+    except ValueError:  # not the main thread
+        pass
+
+
 def main(entry: Callable[..., int | None]) -> None:
     """Run a script's main(); user errors become one line on stderr and a non-zero exit."""
     from .errors import Interrupted
@@ -125,6 +162,9 @@ def main(entry: Callable[..., int | None]) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except (KeyboardInterrupt, Interrupted):
+        # From here on another Ctrl-C (a second or third) ends the process at once, never with a
+        # traceback of this handler or of the interpreter joining threads.
+        _exit_on_sigint()
         # Exit without joining worker threads still inside an LLM call (their work is abandoned;
         # finished items are checkpointed). sys.exit would wait for them.
         print("\ninterrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)

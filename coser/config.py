@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -64,6 +65,10 @@ def load_settings(config_path: str | None = None) -> Settings:
         try:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: expected a config file, found a directory") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config file ({e.strerror or e})") from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
         except UnicodeDecodeError:
@@ -80,14 +85,21 @@ def load_settings(config_path: str | None = None) -> Settings:
         if key not in _FIELDS or key == "source":
             continue  # unknown keys are tolerated: config files are shared with other tools
         want = _FIELDS[key].type
+        where = f"{path}: setting '{key}'"
         if want in ("float", "int"):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{path}: setting '{key}' should be a number, got {json.dumps(value)[:40]}")
+            value = number(value, where, integer=want == "int", **_RANGES.get(key, {}))
         elif want == "str" and not isinstance(value, str):
-            raise ConfigError(f"{path}: setting '{key}' should be a string")
+            raise ConfigError(f"{where} should be a string, got {_shown(value)}")
         elif want == "dict" and not isinstance(value, dict):
-            raise ConfigError(f"{path}: setting '{key}' should be an object")
-        setattr(s, key, int(value) if want == "int" else float(value) if want == "float" else value)
+            raise ConfigError(f"{where} should be an object")
+        setattr(s, key, value)
+    if s.structured_output not in STRUCTURED_OUTPUT:
+        raise ConfigError(f"{path}: setting 'structured_output' should be auto, on or off, got "
+                          f"{_shown(s.structured_output)}")
+    if not s.cache_dir:
+        raise ConfigError(f"{path}: setting 'cache_dir' is empty")
+    for key in ("base_url", "embedding_base_url"):
+        check_url(getattr(s, key), f"{path}: setting '{key}'")
     env = os.environ
     if env.get("OPENAI_API_KEY"):
         s.api_key = env["OPENAI_API_KEY"]
@@ -95,10 +107,10 @@ def load_settings(config_path: str | None = None) -> Settings:
         s.base_url = env["OPENAI_BASE_URL"]
     if env.get("COSER_CACHE_DIR"):
         s.cache_dir = env["COSER_CACHE_DIR"]
-    if env.get("COSER_RETRY_BASE"):
-        s.retry_base = float(env["COSER_RETRY_BASE"])
-    if env.get("COSER_TIMEOUT"):
-        s.timeout = float(env["COSER_TIMEOUT"])
+    check_url(s.base_url, "environment variable OPENAI_BASE_URL")
+    for var, key in (("COSER_RETRY_BASE", "retry_base"), ("COSER_TIMEOUT", "timeout")):
+        if env.get(var):
+            setattr(s, key, number(_env_number(var), f"environment variable {var}", **_RANGES[key]))
     _check_prices(s.prices, path)
     if s.models:
         from .endpoints import check_models
@@ -110,11 +122,74 @@ def load_settings(config_path: str | None = None) -> Settings:
 
 def _check_prices(prices: dict, path: str) -> None:
     for model, p in prices.items():
-        if not isinstance(p, dict) or not all(isinstance(p.get(k), (int, float)) for k in ("input", "output")):
-            raise ConfigError(f"{path}: prices['{model}'] needs numeric 'input' and 'output' (USD per 1M tokens)")
+        if not is_price(p):
+            raise ConfigError(f"{path}: prices['{model}'] needs numeric 'input' and 'output' (USD per 1M tokens, "
+                              "finite, 0 or more)")
         for k in ("batch_input", "batch_output"):  # optional; the batch discount defaults to half price
-            if k in p and (isinstance(p[k], bool) or not isinstance(p[k], (int, float))):
-                raise ConfigError(f"{path}: prices['{model}'].{k} should be a number (USD per 1M tokens)")
+            if k in p and not _usd(p[k]):
+                raise ConfigError(f"{path}: prices['{model}'].{k} should be a number (USD per 1M tokens, finite, "
+                                  "0 or more)")
+
+
+def _usd(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def is_price(p) -> bool:
+    """{"input": USD, "output": USD} per million tokens, both finite and not negative."""
+    return isinstance(p, dict) and _usd(p.get("input")) and _usd(p.get("output"))
+
+
+def _shown(value) -> str:
+    try:
+        return json.dumps(value)[:40]
+    except (TypeError, ValueError):
+        return repr(value)[:40]
+
+
+def _env_number(var: str):
+    raw = os.environ[var]
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {var}: should be a number of seconds, got {raw[:40]!r}") from None
+
+
+def number(value, where: str, integer: bool = False, low: float | None = None, low_open: bool = False):
+    """A setting that must be a finite number (a whole one if integer) within range, or a ConfigError
+    naming it. JSON lets NaN, Infinity and 1e400 (which parses to infinity) through; none is a setting."""
+    kind = "a whole number" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} should be {kind}, got {_shown(value)}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where} should be a finite number, got {value}")
+    if integer and value != int(value):
+        raise ConfigError(f"{where} should be {kind}, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(f"{where} should be {'more than' if low_open else 'at least'} {low:g}, got {value:g}")
+    return int(value) if integer else float(value)
+
+
+def check_url(url: str, where: str) -> None:
+    """An endpoint URL is empty (the default endpoint) or http(s)://host...; anything else is a typo."""
+    if not url:
+        return
+    from urllib.parse import urlsplit
+    from .endpoints import redact_url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number or out of range
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+        raise ConfigError(f"{where} should be an http:// or https:// URL, got {redact_url(url)[:80]!r}")
+
+
+STRUCTURED_OUTPUT = ("auto", "on", "off")
+# Ranges of the numeric settings: a timeout of -1 or 0 attempts is a typo, never a wish.
+_RANGES = {"timeout": {"low": 0, "low_open": True}, "max_attempts": {"low": 1}, "retry_base": {"low": 0},
+           "retry_cap": {"low": 0}, "local_n_ctx": {"low": 1}, "local_max_tokens": {"low": 1},
+           "local_repeat_penalty": {"low": 0, "low_open": True}}
 
 
 DEFAULT_REMOTE_MODEL = "gpt-4o"  # the reference's default for every role

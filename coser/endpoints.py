@@ -94,22 +94,24 @@ def check_models(models: Any, path: str) -> dict:
         if url is not None and not (isinstance(url, str) and url or isinstance(url, list) and url
                                     and all(isinstance(u, str) and u for u in url)):
             raise ConfigError(f"{where}: base_url should be a URL or a non-empty list of URLs")
+        from .config import check_url
+        for u in [url] if isinstance(url, str) else url or []:
+            check_url(u, f"{where}: base_url")
         for key in ("api_key", "api_key_env", "model"):
             if key in entry and not isinstance(entry[key], str):
                 raise ConfigError(f"{where}: {key} should be a string")
-        mc = entry.get("max_connections")
-        if mc is not None and (isinstance(mc, bool) or not isinstance(mc, int) or mc < 1):
-            raise ConfigError(f"{where}: max_connections should be a whole number >= 1")
-        t = entry.get("timeout")
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
-            raise ConfigError(f"{where}: timeout should be a positive number of seconds")
+        from .config import STRUCTURED_OUTPUT, is_price, number
+        if entry.get("max_connections") is not None:
+            number(entry["max_connections"], f"{where}: max_connections", integer=True, low=1)
+        if entry.get("timeout") is not None:
+            number(entry["timeout"], f"{where}: timeout (seconds)", low=0, low_open=True)
         so = entry.get("structured_output")
-        if so is not None and so not in ("auto", "on", "off"):
+        if so is not None and so not in STRUCTURED_OUTPUT:
             raise ConfigError(f"{where}: structured_output should be auto, on or off")
         p = entry.get("prices")
-        if p is not None and (not isinstance(p, dict)
-                              or not all(isinstance(p.get(k), (int, float)) for k in ("input", "output"))):
-            raise ConfigError(f"{where}: prices needs numeric 'input' and 'output' (USD per 1M tokens)")
+        if p is not None and not is_price(p):
+            raise ConfigError(f"{where}: prices needs numeric 'input' and 'output' (USD per 1M tokens, finite, "
+                              "0 or more)")
     return models
 
 

@@ -121,6 +121,8 @@ def reference_judgment(llm, judge_model: str, messages: list[dict], dimension: s
         if PR.validate_judgment(value):
             return value, longest
         if hasattr(llm, "reject"):  # issue 19: a rerun asks again instead of serving this reply as good
+            # (The repair reply stays cached: PROTOCOL 2.2.6 has an identical failing reply answered by
+            # the cache, never a second repair request; a healthy judge's new reply needs no repair.)
             llm.reject(judge_model, messages, max_tokens=PR.JUDGE_MAX_TOKENS, nth_generation=nth, **kw)
     return None, longest
 
@@ -171,6 +173,12 @@ def judge_case(llm, record: dict, judge_model: str, continue_from: int = 0, stag
         raise InputError(f"simulation record {key}: i_p/i_c do not match its circumstance")
     sim, ref = case_messages(record, protocol)
     sim_str, ref_str = simulation_str(sim), reference_str(ref)
+    if record.get("failed"):
+        # The scene itself failed (e.g. an agent's retries all came back empty): nothing to judge, and
+        # no score: the case is left out of the averages and counted as failed.
+        failures = [{"stage": "simulation", **f} for f in record.get("failures") or [] if isinstance(f, dict)]
+        return {"simulation": sim, "simulation_str": sim_str, "score": None, "critique": {}, "failed": True,
+                "failures": failures or [{"stage": "simulation", "reason": "simulation marked failed"}]}
     profiles = "\n\n".join(f"### {name}\n\n{profile}"
                            for name, profile in record["involved_character_profiles"].items())
     extra = P.CONTINUE_FROM_NOTE.substitute(n=continue_from) if continue_from > 0 else ""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -22,6 +23,7 @@ import threading
 import time
 from typing import Callable
 
+from . import deadline
 from . import local as local_backend
 from .cache import Cache, cache_key
 from .config import LOCAL_MODEL, PLACEHOLDER_PREFIXES, Settings, is_local, load_settings
@@ -161,6 +163,13 @@ class LLM:
             max_tokens = default_max_tokens(model)
         if temperature is None:
             temperature = 0.0 if nth_generation == 0 else 1.0
+        # Checked here, before anything is sent: NaN cannot even be written as JSON, and the
+        # transport would call that an unreadable reply.
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not math.isfinite(temperature) or temperature < 0:
+            raise ConfigError(f"temperature should be a finite number, 0 or more, got {temperature!r}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ConfigError(f"max_tokens should be a whole number, 1 or more, got {max_tokens!r}")
         # The name sent and, for a models entry with its own base_url, the endpoint's identity
         # (URL without credentials): one model name at two servers never shares answers.
         route = None if is_local(model) else self.route(model)
@@ -208,9 +217,14 @@ class LLM:
             client = self._clients.get(ident)
             if client is None:
                 import openai
+                timeout = route.timeout or self.settings.timeout
+                # The SDK's default HTTP client (its limits, proxies from the environment) with the
+                # whole-request deadline under its connection pools (coser/deadline.py).
+                http_client = openai.DefaultHttpxClient(timeout=timeout)
+                deadline.install(http_client)
                 # The SDK's own retries are off: this class is the one retry layer.
-                client = openai.OpenAI(api_key=route.key_to_send(), base_url=url or None,
-                                       timeout=route.timeout or self.settings.timeout, max_retries=0)
+                client = openai.OpenAI(api_key=route.key_to_send(), base_url=url or None, timeout=timeout,
+                                       max_retries=0, http_client=http_client)
                 self._clients[ident] = client
             return client
 
@@ -341,7 +355,8 @@ class LLM:
                     url = self._pick_replica(route, url)
                     failed = True
                     try:
-                        resp = self._remote_client(route, url).embeddings.create(model=route.sent, input=batch)
+                        with deadline.deadline(route.timeout or s.timeout):
+                            resp = self._remote_client(route, url).embeddings.create(model=route.sent, input=batch)
                         failed = False
                     finally:
                         self._release_replica(route, url, failed)
@@ -378,8 +393,10 @@ class LLM:
     def _served_models(self, route: Route, url: str) -> list[str] | None:
         """What the endpoint's /models lists, or None when it does not answer."""
         try:
-            client = self._remote_client(route, url).with_options(timeout=min(10.0, route.timeout or 10.0))
-            return sorted(m.id for m in client.models.list())
+            limit = min(10.0, route.timeout or 10.0)
+            client = self._remote_client(route, url).with_options(timeout=limit)
+            with deadline.deadline(limit):
+                return sorted(m.id for m in client.models.list())
         except Exception:
             return None
 
@@ -414,23 +431,11 @@ class LLM:
             f" at {redact_url(url) or 'the default OpenAI endpoint'}"
         schema_key = (route.identity or redact_url(url), model)
         kwargs = self._body(route, url, msgs, max_tokens, temperature, schema, response_format)
+        total = route.timeout or self.settings.timeout
+        due = time.monotonic() + total  # a timeout at or past this moment was the total deadline's
         try:
-            if on_token is None:
-                # The body is plain JSON already. The SDK's typed `create` first walks every message
-                # against its TypedDicts (~5 ms of pure Python per call on a long scene history, under
-                # the GIL), which made many-worker runs CPU-bound; its documented low-level `post`
-                # sends the same body with the same auth, timeout and error types.
-                from openai.types.chat import ChatCompletion
-                resp = client.post("/chat/completions", body=kwargs, cast_to=ChatCompletion)
-                if not getattr(resp, "choices", None):
-                    raise _Transient("reply without choices")
-                text = resp.choices[0].message.content or ""
-                u = getattr(resp, "usage", None)
-                p = getattr(u, "prompt_tokens", None) if u else None
-                c = getattr(u, "completion_tokens", None) if u else None
-                return text, p if p is not None else _estimate(msgs), c if c is not None else count_tokens(text)
-            text = _read_stream(client.chat.completions.create(stream=True, **kwargs), on_token)
-            return text, _estimate(msgs), count_tokens(text)
+            with deadline.deadline(total):
+                return _send(client, kwargs, msgs, on_token)
         except openai.APIStatusError as e:
             status = e.status_code
             detail = self._scrub(_error_detail(e))
@@ -457,7 +462,11 @@ class LLM:
                 ) from None
             raise LLMPermanentError(f"{where}: HTTP {status}: {detail}") from None
         except (openai.APITimeoutError, openai.APIConnectionError) as e:
+            if time.monotonic() >= due:
+                raise _Transient(_overdue(total)) from None
             raise _Transient(type(e).__name__.replace("API", "")) from None
+        except _StreamCut as e:
+            raise _Transient(_overdue(total) if time.monotonic() >= due else str(e)) from None
         except openai.APIResponseValidationError:
             raise _Transient("malformed reply body") from None
         except (json.JSONDecodeError, ValueError, KeyError, AttributeError, TypeError) as e:
@@ -480,6 +489,35 @@ class _Transient(Exception):
     def __init__(self, msg: str, retry_after: float | None = None):
         super().__init__(msg)
         self.retry_after = retry_after
+
+
+def _send(client, kwargs: dict, msgs: list[dict], on_token):
+    """One request: (text, prompt tokens, completion tokens); streamed when on_token is given."""
+    if on_token is None:
+        # The body is plain JSON already. The SDK's typed `create` first walks every message
+        # against its TypedDicts (~5 ms of pure Python per call on a long scene history, under
+        # the GIL), which made many-worker runs CPU-bound; its documented low-level `post`
+        # sends the same body with the same auth, timeout and error types.
+        from openai.types.chat import ChatCompletion
+        resp = client.post("/chat/completions", body=kwargs, cast_to=ChatCompletion)
+        if not getattr(resp, "choices", None):
+            raise _Transient("reply without choices")
+        text = resp.choices[0].message.content or ""
+        u = getattr(resp, "usage", None)
+        p = getattr(u, "prompt_tokens", None) if u else None
+        c = getattr(u, "completion_tokens", None) if u else None
+        return text, p if p is not None else _estimate(msgs), c if c is not None else count_tokens(text)
+    text = _read_stream(client.chat.completions.create(stream=True, **kwargs), on_token)
+    return text, _estimate(msgs), count_tokens(text)
+
+
+def _overdue(total: float) -> str:
+    return (f"no complete reply within {total:g} s (the timeout setting bounds the whole request: "
+            "connect, send and every read)")
+
+
+class _StreamCut(Exception):
+    """A stream that ended before its finish_reason (the connection closed or stalled)."""
 
 
 def _read_stream(stream, on_token) -> str:
@@ -507,7 +545,7 @@ def _read_stream(stream, on_token) -> str:
     if finish is None:
         if pieces and hasattr(on_token, "discard"):
             on_token.discard()
-        raise _Transient("stream closed before its end")
+        raise _StreamCut("stream closed before its end")
     if hasattr(on_token, "finish"):
         on_token.finish(finish)
     return "".join(pieces)
@@ -592,6 +630,10 @@ def main(argv=None) -> int:
         return list_endpoints(load_settings(args.config))
     if args.prompt is None:
         p.error("the prompt is required (or give --list)")
+    if args.max_tokens < 1:
+        p.error("argument --max_tokens: should be at least 1")
+    if args.nth_generation < 0:
+        p.error("argument --nth_generation: should be 0 or more")
     llm = cli.setup(args)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}]

@@ -354,7 +354,15 @@ def build_test_persona(test_file: str, sample: int, character: str | None, model
         if key not in item:
             raise InputError(f"{where}: field '{key}' missing")
     profiles = item.get("character_profiles") or {}
-    speakers = [c for c in item.get("speaking_characters_w_env") or [] if c != "Environment"]
+    if not isinstance(profiles, dict):
+        raise InputError(f"{where}: field 'character_profiles' should be an object of name -> profile")
+    for c, text in profiles.items():
+        if text is not None and not isinstance(text, str):
+            raise InputError(f"{where}: field 'character_profiles.{c}' should be str, got {type(text).__name__}")
+    speaking = item.get("speaking_characters_w_env") or []
+    if not isinstance(speaking, list) or not all(isinstance(c, str) for c in speaking):
+        raise InputError(f"{where}: field 'speaking_characters_w_env' should be a list of names")
+    speakers = [c for c in speaking if c != "Environment"]
     plot = item["plot"] if isinstance(item["plot"], dict) else {}
     plot_chars = {k.get("name"): k for k in plot.get("key_characters") or [] if isinstance(k, dict)}
     candidates = list(dict.fromkeys(speakers + list(profiles)))

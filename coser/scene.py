@@ -30,6 +30,7 @@ from coser.text import (add_speaker_name, append_message, fix_repetition, own_se
 MAX_ROUNDS = 20
 MIN_ROUND_TO_END = 5  # <END CHAT> before this round index counts as an invalid prediction
 MAX_TOKENS = 512
+EMPTY_REASON = f"empty reply after {PR.ATTEMPTS} requests (the endpoint answered with no content)"
 _RAG_SECTION = "===Relevant Background Information===" + RAG_PLACEHOLDER + "\n\n"
 RAG_WRAP = "<begin of background information>\n\n{knowledge}\n\n<end of background information>\n\n"
 
@@ -93,6 +94,7 @@ class Agent:
             role = "user" if PR.system_as_user(model) else "system"
         self.messages = [{"role": role, "content": prompt}]
         self.update("user", CONVERSATION_START)
+        self.exhausted = False   # the last chat() got nothing but empty replies until its retries ran out
 
     def update(self, role: str, text: str) -> None:
         append_message(self.messages, role, text)
@@ -113,10 +115,12 @@ class Agent:
         kw = {"on_token": on_token} if on_token is not None else {}
         if self.protocol == "reference":
             reply = reference_chat(self.llm, self.model, messages, MAX_TOKENS, self.stage, **kw)
+            self.exhausted = reply == ""
             if self.name == NSP:
                 return reply
             return PR.finish_turn(reply, self.name, self.model)
         reply = self.llm.chat_retry(self.model, messages, max_tokens=MAX_TOKENS, stage=self.stage, **kw)
+        self.exhausted = not reply.strip()
         if self.name == NSP:
             return reply
         if _prefix_family(self.model):
@@ -211,6 +215,7 @@ def simulate(llm, item: dict, opts, rng: random.Random, databases=None,
 
     dialogues = item.get("dialogues") or []
     log: list[dict] = []
+    failures: list[dict] = []
 
     def emit(kind, payload):
         if on_event is not None:
@@ -239,6 +244,10 @@ def simulate(llm, item: dict, opts, rng: random.Random, databases=None,
                     supplied = human_turn(actor, {"round": r, "simulation": list(log)})
                 tokens = _Tokens(emit, r, actor) if on_event is not None else None
                 reply = supplied if supplied is not None else agents[actor].chat(tokens)
+                if supplied is None and agents[actor].exhausted:
+                    # The scene goes on as the reference's does (same requests), but the sample is
+                    # marked failed: an endpoint that only ever answers "" must not yield a scored scene.
+                    failures.append({"round": r, "role": actor, "reason": EMPTY_REASON})
             if actor == NSP:
                 predicted = PR.predict_nsp(reply) if protocol == "reference" else parse_nsp(reply)
                 valid = True
@@ -266,8 +275,11 @@ def simulate(llm, item: dict, opts, rng: random.Random, databases=None,
                         agent.update("user", shown)
             emit("turn", {"round": r, "role": log[-1]["role"], "content": log[-1]["content"]})
     emit("end", {"rounds": rounds})
-    return {"book_title": item["book"], "i_p": item["i_p"], "i_c": item["i_c"], "circumstance": item,
-            "simulation": log, "involved_character_profiles": profiles}
+    record = {"book_title": item["book"], "i_p": item["i_p"], "i_c": item["i_c"], "circumstance": item,
+              "simulation": log, "involved_character_profiles": profiles}
+    if failures:
+        record.update(failed=True, failures=failures)
+    return record
 
 
 class _Tokens:

@@ -251,6 +251,8 @@ def write_profile(llm, model: str, title: str, name: str, language: str, infos: 
         if is_local(model) and reply and reply.strip():
             # SmolLM2-135M never writes the marker; re-asking five times only burns minutes.
             return reply.strip()
+        if reply and hasattr(llm, "reject"):  # no marker: a rerun asks again (issue 19)
+            llm.reject(model, prompt, nth_generation=nth)
     return ""
 
 

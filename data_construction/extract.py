@@ -451,7 +451,7 @@ def reference_extract_chunk(llm, model: str, prompt: str, chunk_text: str):
     while n < PR.ATTEMPTS:
         attempts += 1
         raw = llm.chat(model, current, max_tokens=PR.extraction_max_tokens(model), nth_generation=n, stage="extract")
-        current = base
+        current_sent, current = current, base
         if len(raw.split(" ")) < 100 and "reproduce" in raw and "copyright" in raw:
             current = base + [{"role": "assistant", "content": COPYRIGHT_OFFER},
                               {"role": "user", "content": COPYRIGHT_ACCEPT}]
@@ -459,25 +459,33 @@ def reference_extract_chunk(llm, model: str, prompt: str, chunk_text: str):
             continue
         value = PR.extract_json(raw)
         if value is None:
+            fix = REPAIR_TRUNCATED_PROMPT + raw
             if raw not in repaired:
-                fix = REPAIR_TRUNCATED_PROMPT + raw
                 repaired[raw] = PR.extract_json(llm.chat(repair_model, fix, max_tokens=8192, temperature=0,
                                                          stage="extract-repair"))
             value = repaired[raw]
         if value is None:
             reason = "reply is not JSON"
-            n += 1
-            continue
-        if longest is None or len(raw) > len(longest):
-            longest = raw
-        accepted = PR.accept_extraction(value, chunk_text)
-        shape = value if not isinstance(value, dict) or "first_sentence" not in value else [value]
-        problem = structural_problem(shape) if accepted is not None else "rejected by the reference acceptance"
-        if accepted is not None and problem is None:
-            return accepted
-        reason = f"invalid: {problem}"
+        else:
+            if longest is None or len(raw) > len(longest):
+                longest = raw
+            accepted = PR.accept_extraction(value, chunk_text)
+            shape = value if not isinstance(value, dict) or "first_sentence" not in value else [value]
+            problem = structural_problem(shape) if accepted is not None else "rejected by the reference acceptance"
+            if accepted is not None and problem is None:
+                return accepted
+            reason = f"invalid: {problem}"
+        # Issue 19: a rejected reply is kept as evidence but never served again by the cache as good.
+        # (Repair replies stay cached, as PROTOCOL 10 expects for an identical failing reply.)
+        _reject(llm, model, current_sent, max_tokens=PR.extraction_max_tokens(model), nth_generation=n)
         n += 1
     return JsonFailure(raw=longest, reason=reason, attempts=attempts)
+
+
+def _reject(llm, model, messages, **kw) -> None:
+    reject = getattr(llm, "reject", None)
+    if reject is not None:
+        reject(model, messages, **kw)
 
 
 REPAIR_TRUNCATED_PROMPT = ("The JSON text below was cut off before its end. Complete it as valid JSON, keeping "

@@ -143,6 +143,10 @@ class BookCounter:
                 self.tokens += chunking.tokens.count_tokens(prompt) + chunking.tokens.count_tokens(text)
         return text
 
+    def reject(self, model, messages, **kw):
+        """A reply that failed parsing/validation is never served again from the cache as good."""
+        self.llm.reject(model, messages, **kw)
+
 
 def process_book(llm, book: dict, args) -> dict:
     t0 = time.time()

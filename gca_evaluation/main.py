@@ -229,6 +229,9 @@ class TaggedLLM:
                 return text
         return ""
 
+    def reject(self, model, messages, **kw):
+        self.llm.reject(model, messages, cache_tag=self.tag, **kw)
+
 
 # ---- stages -------------------------------------------------------------------------------
 def run_simulation(llm, args, items: list[dict], sim_path: str, nth_exp: int, spec: dict | None = None) -> list[dict]:
@@ -245,7 +248,7 @@ def run_simulation(llm, args, items: list[dict], sim_path: str, nth_exp: int, sp
         i, item = pair
         fp = _fingerprint(item, settings, nth_exp)
         rec = ck.get(i, fp)
-        if rec is None:
+        if rec is None or rec.get("failed"):  # a failed sample is never final: asked again
             rec = simulate(llm, item, args, sample_rng(args.seed, item), retr.for_item(item) if retr else None)
             ck.put(i, fp, rec)
         return rec
@@ -268,7 +271,7 @@ def run_judging(llm, args, records: list[dict], eval_path: str, judge: str | Non
         i, rec = pair
         fp = _fingerprint(rec, judge, args.continue_from, getattr(args, "protocol", "reference"))
         case = ck.get(i, fp)
-        if case is None:
+        if case is None or case.get("failed"):
             case = J.judge_case(llm, rec, judge, args.continue_from,
                                 protocol=getattr(args, "protocol", "reference"))
             if log is not None and isinstance(case, dict) and case.get("failed"):
@@ -325,6 +328,19 @@ def _reference_eval_ok(judge: str, wanted: list[str]):
     return ok
 
 
+def _redo_failed(path: str, what: str) -> bool:
+    """A result of this spec with failed samples or cases is done again: finished ones come back from
+    the cache at no cost, failed ones are asked again (their rejected replies are never served)."""
+    data = read_json(path)
+    entries = data.get("cases", {}).values() if isinstance(data, dict) and isinstance(data.get("cases"), dict) \
+        else data if isinstance(data, list) else []
+    failed = sum(1 for e in entries if isinstance(e, dict) and e.get("failed"))
+    if failed:
+        cli.notice(f"{path}: {failed} failed {what}{'s' if failed != 1 else ''}: asking again (finished ones "
+                   "come from the cache)")
+    return failed > 0
+
+
 def judge_all(llm, run_llm, args, sim_path: str, records: list[dict], sim_spec: dict, wanted: list[str],
               eval_base: str, judges: list[str], record) -> list[tuple]:
     out = []
@@ -333,13 +349,15 @@ def judge_all(llm, run_llm, args, sim_path: str, records: list[dict], sim_spec: 
         default = is_reference_default(spec) and (sim_spec.get("source") == RS.REFERENCE_FILE
                                                  or os.path.basename(sim_path) == os.path.basename(eval_base))
         path, state = RS.choose_path(eval_base, spec, default, _reference_eval_ok(judge, wanted))
+        if state == "reuse" and not (args.regenerate or args.reevaluate) and _redo_failed(path, "case"):
+            state = "redo"
         if state == "reuse" and not (args.regenerate or args.reevaluate):
             print(f"reusing {path}", file=sys.stderr)
             record.log.info("reused %s (judge %s)", path, judge)
             evaluation = read_json(path)
             record.add(spec, path, reused=True)
         else:
-            if state == "reuse" and RS.file_spec(read_json(path)) is None:
+            if state in ("reuse", "redo") and RS.file_spec(read_json(path)) is None:
                 path = RS.suffixed(eval_base, spec)  # never overwrite the reference's file
             t0 = time.monotonic()
             spec["simulation_file"] = os.path.relpath(sim_path, args.exp_dir)  # relative to the exp folder
@@ -372,6 +390,8 @@ def run_experiment(llm, args, items: list[dict], nth_exp: int, judges: list[str]
             return False
 
     sim_path, state = RS.choose_path(sim_base, sim_spec, is_reference_default(sim_spec), reference_sim_ok)
+    if state == "reuse" and not args.regenerate and _redo_failed(sim_path, "sample"):
+        state = "redo"
     if state == "reuse" and not args.regenerate:
         records = reusable_records(sim_path, wanted, args.test_file)
         print(f"reusing {sim_path}", file=sys.stderr)
@@ -381,7 +401,7 @@ def run_experiment(llm, args, items: list[dict], nth_exp: int, judges: list[str]
             sim_spec = dict(sim_spec, source=RS.REFERENCE_FILE, simulation_file=os.path.basename(sim_path))
         record.add(got or sim_spec, sim_path, reused=True)
     else:
-        if state == "reuse" and RS.file_spec((read_json(sim_path) or [{}])[0]) is None:
+        if state in ("reuse", "redo") and RS.file_spec((read_json(sim_path) or [{}])[0]) is None:
             sim_path = RS.suffixed(sim_base, sim_spec)  # never overwrite the reference's file
         t0 = time.monotonic()
         records = run_simulation(run_llm, args, items, sim_path, nth_exp, spec=sim_spec)

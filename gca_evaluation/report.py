@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from coser import cli, metrics, stats  # noqa: E402
 from coser.errors import InputError  # noqa: E402
 from coser.io import atomic_write_text, read_json  # noqa: E402
+from gca_evaluation.evalfile import check_evaluation, safe_name  # noqa: E402
 from coser.text import remove_inner_thoughts  # noqa: E402
 
 DIMS = metrics.DIMENSIONS
@@ -163,12 +164,11 @@ def keys_hash(keys) -> str:
 def load_runs(exp_dir: str) -> list[Run]:
     runs = []
     for path in sorted(glob.glob(os.path.join(exp_dir, "evaluation", "*.json"))):
-        name = os.path.basename(path)
+        name = safe_name(path)
         if name.startswith("run_") or name.endswith((".run.json", ".meta.json")):
             continue
         data = read_json(path, "evaluation file")
-        if not isinstance(data, dict) or not isinstance(data.get("cases"), dict):
-            raise InputError(f"{path}: not an evaluation file (needs an object with 'cases')")
+        check_evaluation(path, data)
         stem = name[:-len(".json")]
         setting, repeat = split_stem(stem)
         scores = data.get("scores") if isinstance(data.get("scores"), dict) else {}

@@ -61,6 +61,18 @@ class Fault:
         """A stream that sends its first half, pauses `seconds`, then the rest (for Ctrl-C mid-reply)."""
         return cls("slow_stream", seconds=seconds, body=content)
 
+    @classmethod
+    def empty(cls, null: bool = False) -> "Fault":
+        """HTTP 200 with empty content ("" or, with null, a JSON null) -- the reply of a broken server."""
+        return cls("empty", body=None if null else "")
+
+    @classmethod
+    def trickle(cls, seconds: float = 0.5, headers_too: bool = False) -> "Fault":
+        """A server that sends its reply one byte every `seconds` (after the headers, or from the first
+        byte with headers_too): each read gets data in time, so only a whole-request deadline ends it.
+        Like slow_stream, and unlike every other reply, it is written in many pieces: that is the fault."""
+        return cls("trickle", seconds=seconds, body="headers" if headers_too else "body")
+
     def __repr__(self) -> str:
         return f"Fault({self.kind}, {self.status})"
 
@@ -198,6 +210,14 @@ class FakeServer:
                     if reply.kind in ("cut_stream", "length", "slow_stream"):
                         finish = "length" if reply.kind == "length" else "stop"
                         return self._send(200, _completion(body.get("model", ""), reply.body, finish))
+                    if reply.kind == "empty":
+                        if body.get("stream"):
+                            return self._stream(body.get("model", ""), "")
+                        completion = _completion(body.get("model", ""), "")
+                        completion["choices"][0]["message"]["content"] = reply.body
+                        return self._send(200, completion)
+                    if reply.kind == "trickle":
+                        return self._trickle(body, reply)
                     if reply.kind == "drop":
                         self.close_connection = True
                         try:
@@ -229,6 +249,23 @@ class FakeServer:
                 try:
                     self.wfile.write(head + data)
                 except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _trickle(self, body: dict, fault: Fault):
+                data = json.dumps(_completion(body.get("model", ""), "a reply that takes all day")).encode()
+                head = self._head(200, {"Content-Type": "application/json", "Content-Length": str(len(data))})
+                self.close_connection = True
+                try:
+                    if fault.body == "headers":
+                        data = head + data
+                    else:
+                        self.wfile.write(head)
+                        self.wfile.flush()
+                    for i in range(len(data)):
+                        time.sleep(fault.seconds)
+                        self.wfile.write(data[i:i + 1])
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError, OSError):
                     pass
 
             def _stream(self, model: str, content: str, fault: Fault | None = None):

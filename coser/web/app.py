@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="", metavar="A,B,...",
                    help="more model names to offer in the pickers (besides --model, config.json's and 'local')")
     p.add_argument("--max_new_tokens", type=int, default=128, help="reply length cap (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default %(default)s)")
+    p.add_argument("--temperature", type=cli.non_negative_number, default=0.7,
+                   help="sampling temperature (default %(default)s)")
     p.add_argument("--out_dir", default=os.path.join("exp", "chat"), help="chat transcripts (default %(default)s)")
     p.add_argument("--pref_dir", default=os.path.join("exp", "preferences"),
                    help="blind-comparison votes, JSONL (default %(default)s)")
