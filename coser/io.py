@@ -110,11 +110,34 @@ def read_json(path: str, what: str = "JSON file") -> Any:
     if not text.strip():
         raise InputError(f"{path}: {what} is empty")
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
     except (RecursionError, ValueError, MemoryError) as e:
         raise InputError(f"{path}: not usable JSON ({json_problem(e)})") from None
+    if too_deep(value):
+        raise InputError(f"{path}: not usable JSON (nested too deeply: more than {MAX_DEPTH} levels)")
+    return value
+
+
+MAX_DEPTH = 200   # CoSER files nest fewer than 10 levels; deeper data would only overflow the stack later
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether lists/objects nest more than `limit` levels (iterative: it never recurses itself).
+
+    The parser accepts up to about a thousand levels, but copying, hashing or writing such data
+    later runs out of stack far from the file it came from."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values() if isinstance(x, (dict, list)))
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v if isinstance(x, (dict, list)))
+    return False
 
 
 def json_problem(e: BaseException) -> str:
@@ -150,7 +173,10 @@ def iter_jsonl(path: str, what: str = "JSONL file") -> Iterator[tuple[int, Any |
                 yield lineno, InputError(f"{path}: line {lineno}: not valid UTF-8 (byte {e.start})")
                 continue
             try:
-                yield lineno, json.loads(line)
+                value = json.loads(line)
+                if too_deep(value):
+                    raise RecursionError
+                yield lineno, value
             except json.JSONDecodeError as e:
                 yield lineno, InputError(f"{path}: line {lineno}: not valid JSON ({e.msg} at column {e.colno})")
             except (RecursionError, ValueError, MemoryError) as e:
