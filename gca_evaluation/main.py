@@ -172,8 +172,30 @@ def load_simulation(path: str) -> list[dict]:
         for field in _RECORD_FIELDS:
             if not isinstance(rec, dict) or field not in rec:
                 raise InputError(f"{path}: record {i}: missing field '{field}'")
+        check_record(f"{path}: record {i}", rec)
         validate_item(path + f" record {i} circumstance", i, rec["circumstance"])
+        circ = rec["circumstance"]
+        if rec["i_p"] != circ["plot"].get("i_p", rec["i_p"]) or rec["i_c"] != circ["i_c"]:
+            raise InputError(f"{path}: record {i}: i_p/i_c do not match its circumstance")
     return data
+
+
+def check_record(where: str, rec: dict) -> None:
+    """The fields judging reads, with the types it reads them as."""
+    if not isinstance(rec["book_title"], str):
+        raise InputError(f"{where}: field 'book_title' should be a string")
+    for key in ("i_p", "i_c"):
+        if isinstance(rec[key], bool) or not isinstance(rec[key], int):
+            raise InputError(f"{where}: field '{key}' should be a whole number")
+    sim = rec["simulation"]
+    if not isinstance(sim, list):
+        raise InputError(f"{where}: field 'simulation' should be a list of turns")
+    for j, m in enumerate(sim):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise InputError(f"{where}: field 'simulation[{j}]' needs string 'role' and 'content'")
+    profiles = rec["involved_character_profiles"]
+    if not isinstance(profiles, dict) or not all(isinstance(v, str) for v in profiles.values()):
+        raise InputError(f"{where}: field 'involved_character_profiles' should be an object of name -> profile")
 
 
 def item_key(book, i_p, i_c) -> str:
@@ -248,7 +270,7 @@ def run_simulation(llm, args, items: list[dict], sim_path: str, nth_exp: int, sp
         i, item = pair
         fp = _fingerprint(item, settings, nth_exp)
         rec = ck.get(i, fp)
-        if rec is None or rec.get("failed"):  # a failed sample is never final: asked again
+        if not isinstance(rec, dict) or rec.get("failed"):  # a failed sample is never final: asked again
             rec = simulate(llm, item, args, sample_rng(args.seed, item), retr.for_item(item) if retr else None)
             ck.put(i, fp, rec)
         return rec
@@ -271,7 +293,7 @@ def run_judging(llm, args, records: list[dict], eval_path: str, judge: str | Non
         i, rec = pair
         fp = _fingerprint(rec, judge, args.continue_from, getattr(args, "protocol", "reference"))
         case = ck.get(i, fp)
-        if case is None or case.get("failed"):
+        if not isinstance(case, dict) or case.get("failed"):
             case = J.judge_case(llm, rec, judge, args.continue_from,
                                 protocol=getattr(args, "protocol", "reference"))
             if log is not None and isinstance(case, dict) and case.get("failed"):

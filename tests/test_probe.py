@@ -230,6 +230,35 @@ def items_cases(p):
                                 "--model", "gpt-4o-mini"], ["deep.json", "nested too deeply"])
 
 
+def simulation_file_cases(p):
+    item = gca_test_set(1)[0]
+
+    def record(**over):
+        rec = {"book_title": item["book"], "i_p": item["i_p"], "i_c": item["i_c"], "circumstance": item,
+               "simulation": [{"role": "Mara", "content": "hi"}], "involved_character_profiles": {"Mara": "p"}}
+        rec.update(over)
+        return [rec]
+
+    variants = {"simulation_string": (record(simulation="text"), "'simulation'"),
+                "turn_number": (record(simulation=[5]), "simulation[0]"),
+                "content_number": (record(simulation=[{"role": "Mara", "content": 5}]), "simulation[0]"),
+                "profiles_list": (record(involved_character_profiles=["x"]), "involved_character_profiles"),
+                "profile_number": (record(involved_character_profiles={"Mara": 3}), "involved_character_profiles"),
+                "i_p_mismatch": (record(i_p=99), "i_p"),
+                "i_p_bool": (record(i_p=False), "'i_p'"),
+                "title_number": (record(book_title=5), "'book_title'"),
+                "record_number": ([3], "record 0"),
+                "top_object": ({"records": []}, "list"),
+                "duplicate": (record() + record(), "records 0 and 1")}
+    for name, (data, field) in sorted(variants.items()):
+        path = p.write(f"sims/{name}.json", json.dumps(data))
+        p.add(f"simfile-{name}", [GCA, "--simulation_file", path, "--exp_dir", p.path("exp")], [f"{name}.json", field])
+    deep = gca_test_set(1)
+    deep[0]["plot"]["extra"] = json.loads("[" * 300 + "]" * 300)   # parses, but deeper than any CoSER file
+    path = p.write("tests/deep300.json", json.dumps(deep))
+    p.add("testset-deep300", [GCA, "--test_file", path], ["deep300.json", "nested too deeply"])
+
+
 def book_cases(p):
     lines = {
         "title_number": '{"title": 5, "author": "A", "content": "x y z"}',
@@ -354,8 +383,8 @@ def server():
 
 def build_cases(root):
     p = Probe(root)
-    for make in (config_cases, env_cases, flag_cases, items_cases, book_cases, final_cases, report_cases,
-                 chat_cases):
+    for make in (config_cases, env_cases, flag_cases, items_cases, simulation_file_cases, book_cases, final_cases,
+                 report_cases, chat_cases):
         make(p)
     return p.cases
 
