@@ -155,7 +155,8 @@ def _env_number(var: str):
         raise ConfigError(f"environment variable {var}: should be a number of seconds, got {raw[:40]!r}") from None
 
 
-def number(value, where: str, integer: bool = False, low: float | None = None, low_open: bool = False):
+def number(value, where: str, integer: bool = False, low: float | None = None, low_open: bool = False,
+           high: float | None = None):
     """A setting that must be a finite number (a whole one if integer) within range, or a ConfigError
     naming it. JSON lets NaN, Infinity and 1e400 (which parses to infinity) through; none is a setting."""
     kind = "a whole number" if integer else "a number"
@@ -167,6 +168,8 @@ def number(value, where: str, integer: bool = False, low: float | None = None, l
         raise ConfigError(f"{where} should be {kind}, got {value}")
     if low is not None and (value <= low if low_open else value < low):
         raise ConfigError(f"{where} should be {'more than' if low_open else 'at least'} {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise ConfigError(f"{where} should be at most {high:g}, got {value:g}")
     return int(value) if integer else float(value)
 
 
@@ -186,10 +189,13 @@ def check_url(url: str, where: str) -> None:
 
 
 STRUCTURED_OUTPUT = ("auto", "on", "off")
-# Ranges of the numeric settings: a timeout of -1 or 0 attempts is a typo, never a wish.
-_RANGES = {"timeout": {"low": 0, "low_open": True}, "max_attempts": {"low": 1}, "retry_base": {"low": 0},
-           "retry_cap": {"low": 0}, "local_n_ctx": {"low": 1}, "local_max_tokens": {"low": 1},
-           "local_repeat_penalty": {"low": 0, "low_open": True}}
+# Ranges of the numeric settings: a timeout of -1 or 0 attempts is a typo, never a wish; and a finite
+# 1e300 seconds is no setting either (sockets and sleeps cannot even represent it).
+DAY = 86400.0
+_RANGES = {"timeout": {"low": 0, "low_open": True, "high": DAY}, "max_attempts": {"low": 1, "high": 1000},
+           "retry_base": {"low": 0, "high": DAY}, "retry_cap": {"low": 0, "high": DAY},
+           "local_n_ctx": {"low": 1, "high": 2 ** 24}, "local_max_tokens": {"low": 1, "high": 2 ** 24},
+           "local_repeat_penalty": {"low": 0, "low_open": True, "high": 100}}
 
 
 DEFAULT_REMOTE_MODEL = "gpt-4o"  # the reference's default for every role

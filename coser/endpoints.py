@@ -100,11 +100,11 @@ def check_models(models: Any, path: str) -> dict:
         for key in ("api_key", "api_key_env", "model"):
             if key in entry and not isinstance(entry[key], str):
                 raise ConfigError(f"{where}: {key} should be a string")
-        from .config import STRUCTURED_OUTPUT, is_price, number
+        from .config import DAY, STRUCTURED_OUTPUT, is_price, number
         if entry.get("max_connections") is not None:
             number(entry["max_connections"], f"{where}: max_connections", integer=True, low=1)
         if entry.get("timeout") is not None:
-            number(entry["timeout"], f"{where}: timeout (seconds)", low=0, low_open=True)
+            number(entry["timeout"], f"{where}: timeout (seconds)", low=0, low_open=True, high=DAY)
         so = entry.get("structured_output")
         if so is not None and so not in STRUCTURED_OUTPUT:
             raise ConfigError(f"{where}: structured_output should be auto, on or off")

@@ -69,6 +69,9 @@ def config_cases(p):
         "timeout_nan": ('{"timeout": NaN}', ["timeout"]),
         "timeout_inf": ('{"timeout": Infinity}', ["timeout"]),
         "timeout_null": ('{"timeout": null}', ["timeout"]),
+        "timeout_1e300": ('{"timeout": 1e300}', ["timeout", "at most"]),
+        "retry_cap_1e300": ('{"retry_cap": 1e300}', ["retry_cap"]),
+        "models_timeout_1e300": ('{"models": {"x": {"timeout": 1e300}}}', ["timeout"]),
         "retry_base_negative": ('{"retry_base": -3}', ["retry_base"]),
         "retry_cap_nan": ('{"retry_cap": NaN}', ["retry_cap"]),
         "n_ctx_1e400": ('{"local_n_ctx": 1e400}', ["local_n_ctx"]),
@@ -125,7 +128,8 @@ def env_cases(p):
     diag = ["-m", "coser.llm", "--model", "gpt-4o-mini", "hi"]
     for name, value, expect in [("COSER_TIMEOUT", "abc", "abc"), ("COSER_TIMEOUT", "nan", "finite"),
                                 ("COSER_TIMEOUT", "inf", "finite"), ("COSER_TIMEOUT", "-5", "COSER_TIMEOUT"),
-                                ("COSER_TIMEOUT", "0", "COSER_TIMEOUT"), ("COSER_RETRY_BASE", "xyz", "xyz"),
+                                ("COSER_TIMEOUT", "0", "COSER_TIMEOUT"), ("COSER_TIMEOUT", "1e300", "at most"),
+                                ("COSER_RETRY_BASE", "xyz", "xyz"),
                                 ("COSER_RETRY_BASE", "-1", "COSER_RETRY_BASE"),
                                 ("OPENAI_BASE_URL", "garbage", "OPENAI_BASE_URL"),
                                 ("OPENAI_BASE_URL", "http://[::1/v1", "OPENAI_BASE_URL")]:
