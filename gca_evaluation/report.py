@@ -118,7 +118,8 @@ def _judge_from_record(rec, setting: str, repeat: int, filename: str = ""):
         return flags["judge_model"]
     if not flags.get("actor_model"):
         return None
-    test_stem = os.path.splitext(os.path.basename(flags.get("test_file") or "test_set.json"))[0]
+    test_file = flags.get("test_file") if isinstance(flags.get("test_file"), str) else None
+    test_stem = os.path.splitext(os.path.basename(test_file or "test_set.json"))[0]
     name = f"{test_stem}_{flags['actor_model']}" + (f"_rag={flags['retrieval']}" if flags.get("retrieval") else "")
     nth = flags.get("nth_exp", 0)
     if name == setting and (nth == repeat or nth == -1):
@@ -127,7 +128,13 @@ def _judge_from_record(rec, setting: str, repeat: int, filename: str = ""):
 
 
 def find_judge(data: dict, path: str, setting: str, repeat: int) -> str:
-    """spec judge, top-level judge_model, a sidecar <stem>.run.json / .meta.json, else a matching run record."""
+    """spec judge, top-level judge_model, a sidecar <stem>.run.json / .meta.json, else a matching run record.
+    Only a non-empty string names a judge: anything else in a hand-edited record is ignored."""
+    judge = _find_judge(data, path, setting, repeat)
+    return judge if isinstance(judge, str) and judge else UNKNOWN_JUDGE
+
+
+def _find_judge(data: dict, path: str, setting: str, repeat: int):
     judge = _get(data, "spec", "roles", "judge", "model")
     if isinstance(judge, str) and judge:
         return judge
@@ -140,7 +147,7 @@ def find_judge(data: dict, path: str, setting: str, repeat: int) -> str:
             flags = rec.get("flags") if isinstance(rec, dict) and isinstance(rec.get("flags"), dict) else {}
             judge = rec.get("judge_model") if isinstance(rec, dict) else None
             judge = judge or flags.get("judge_model")  # a sidecar belongs to this one file
-            if judge:
+            if isinstance(judge, str) and judge:
                 return judge
     # cli.finish leaves run_<stage>.json in the exp folder (the evaluation folder's parent).
     eval_dir = os.path.dirname(path)
@@ -151,7 +158,7 @@ def find_judge(data: dict, path: str, setting: str, repeat: int) -> str:
             judge = _judge_from_record(read_json(rec_path, "run record"), setting, repeat, os.path.basename(path))
         except InputError:
             continue  # a broken run record must not hide the scores
-        if judge:
+        if isinstance(judge, str) and judge:
             return judge
     return UNKNOWN_JUDGE
 

@@ -258,3 +258,25 @@ def test_piped_chat_save_is_confined_to_the_transcript_folder(anywhere, fake_ser
     if not anywhere:
         assert "outside the transcript folder" in r.stderr
         assert not (tmp_path / "work" / "x").exists() and not (tmp_path / "x").exists()
+
+
+# ---- item 10: two copies of one construction run ------------------------------------------------
+def test_second_construction_copy_waits_and_pays_nothing(fake_server, llm_env, tmp_path):
+    fake_server.set_responder(S.respond)
+    fake_server.latency = 0.05
+    books = write_play(tmp_path / "play.jsonl", n_lines=60)
+    argv = [PYTHON, os.path.join(REPO, CONSTRUCT), "--input", books, "--output_dir", str(tmp_path / "out"),
+            *CONSTRUCT_ARGS]
+    first = subprocess.Popen(argv, env=llm_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.time() + 60
+    while not fake_server.chat_requests() and time.time() < deadline:
+        time.sleep(0.05)
+    second = subprocess.Popen(argv, env=llm_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    _, err1 = first.communicate(timeout=180)
+    n_first = len(fake_server.chat_requests())
+    _, err2 = second.communicate(timeout=180)
+    assert first.returncode == 0 and second.returncode == 0, err1[-2000:] + err2[-2000:]
+    assert f"(PID {first.pid}) is writing here" in err2
+    assert len(fake_server.chat_requests()) == n_first      # the second copy paid for nothing

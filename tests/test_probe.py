@@ -348,6 +348,12 @@ def report_cases(p):
         p.add(f"report-{name}", [REPORT, "--exp_dir", folder], ["test_set_m.json"])
     folder = ev("name_not_utf8", json.dumps(good).encode(), binary=True, fname=b"test_set_\xff.json")
     p.add("report-name-not-utf8", [REPORT, "--exp_dir", folder], ["test_set_"])
+    # Hand-edited run records beside the evaluations: ignored where they make no sense, never a crash.
+    folder = ev("odd_run_records", json.dumps({"cases": good["cases"]}))
+    p.write("reports/odd_run_records/run_gca_evaluation.json",
+            '{"flags": {"judge_model": "j", "actor_model": "m", "test_file": 7}}')
+    p.write("reports/odd_run_records/evaluation/zz_case_number.json", json.dumps(bad["case_number"]))
+    p.add("report-odd-run-records-then-bad-case", [REPORT, "--exp_dir", folder], ["zz_case_number.json"])
     p.add("report-no-folder", [REPORT, "--exp_dir", p.path("reports/absent")], ["absent"])
     ok = ev("out_blocked", json.dumps(good))
     p.add("report-out-is-file", [REPORT, "--exp_dir", ok, "--out", p.path("occupied")], ["occupied"])
