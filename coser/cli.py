@@ -77,6 +77,9 @@ def setup(args: argparse.Namespace) -> LLM:
         argv = sys.argv[1:]
         for action in _parser._actions:
             dest, value = action.dest, getattr(args, action.dest, None)
+            if dest.endswith("model") and isinstance(value, str) and not value.strip():
+                # An empty name would silently become the embedded model (or be sent as is).
+                raise ConfigError(f"--{dest} is empty: name a model (or 'local' for the embedded one)")
             if not dest.endswith("model") or not isinstance(value, str) or not value or is_local(value):
                 continue
             if resolve(settings, value).usable(PLACEHOLDER_PREFIXES):

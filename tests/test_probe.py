@@ -166,6 +166,12 @@ def flag_cases(p):
     for flag, value in [("--port", "abc"), ("--port", "-1"), ("--port", "70000"), ("--temperature", "nan"),
                         ("--max_new_tokens", "0"), ("--num_workers", "0"), ("--max_cost", "nan")]:
         p.add(f"web-flag{flag}={value}", web + [flag, value], [flag])
+    # An empty model name must not silently become the embedded model.
+    p.add("gca-actor-model-empty", gca + ["--actor_model", ""], ["--actor_model", "empty"])
+    p.add("gca-env-model-blank", gca + ["--env_model", " "], ["--env_model", "empty"])
+    p.add("construct-model-empty", con + ["--model", ""], ["--model", "empty"])
+    p.add("diag-model-empty", ["-m", "coser.llm", "--model", "", "hi"], ["--model", "empty"])
+    p.add("chat-model-empty", chat + ["--model", ""], ["--model", "empty"], stdin="hello\n")
     p.add("web-book-data-missing", ["-m", "coser.web", "--book_data", p.path("nowhere")], ["nowhere"])
 
 
