@@ -15,6 +15,7 @@ from coser import protocol as PR
 from coser.batch import Deferred
 from coser.errors import InputError, LLMUnavailable
 from coser.jsonio import JsonFailure, get_json
+from coser.pool import fan_out
 from coser.prompts import ENVIRONMENT, NSP
 from coser.text import remove_inner_thoughts
 
@@ -159,7 +160,7 @@ def judge_dimension(llm, judge_model: str, messages: list[dict], dim: str, stage
 
 
 def judge_case(llm, record: dict, judge_model: str, continue_from: int = 0, stage: str = "judge",
-               protocol: str = "fixed") -> dict:
+               protocol: str = "fixed", parallel: bool = False) -> dict:
     """Evaluate one simulation record; returns the case entry of the evaluation file.
 
     protocol 'reference' (PROTOCOL 2-4): no schema, the reference's extraction, regeneration and repair,
@@ -184,21 +185,31 @@ def judge_case(llm, record: dict, judge_model: str, continue_from: int = 0, stag
     extra = P.CONTINUE_FROM_NOTE.substitute(n=continue_from) if continue_from > 0 else ""
     actor_rounds = sum(1 for m in sim if m["role"] != ENVIRONMENT)
 
+    def attempt(dim: str):
+        """judge_dimension's (entry, failure), or the Deferred of a call waiting in a batch."""
+        build = reference_judge_prompt if protocol == "reference" else P.judge_prompt
+        system = build(dim, book=record["book_title"], plot_summary=circ["plot"].get("summary", ""),
+                       scenario=circ.get("scenario", ""), character_profiles=profiles,
+                       original_conversation=ref_str, major_characters=circ.get("major_characters", []),
+                       additional_instructions=extra)
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": sim_str}]
+        try:
+            return judge_dimension(llm, judge_model, messages, dim, stage, protocol, actor_rounds)
+        except Deferred as e:
+            return e  # batch mode: the other dimensions' requests join the same batch
+
+    # In parallel the four dimensions go out together (the case is recorded the same way: up to its
+    # first failed dimension); one at a time, a failed dimension stops the case and saves the rest.
+    outcomes = (iter(fan_out([lambda d=d: attempt(d) for d in DIMENSIONS])) if parallel
+                else (attempt(d) for d in DIMENSIONS))
     critique: dict = {}
     failures = []
     deferred = None
-    for dim in DIMENSIONS:
-        build = reference_judge_prompt if protocol == "reference" else P.judge_prompt
-        system = build(dim, book=record["book_title"], plot_summary=circ["plot"].get("summary", ""),
-                                scenario=circ.get("scenario", ""), character_profiles=profiles,
-                                original_conversation=ref_str, major_characters=circ.get("major_characters", []),
-                                additional_instructions=extra)
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": sim_str}]
-        try:
-            entry, failure = judge_dimension(llm, judge_model, messages, dim, stage, protocol, actor_rounds)
-        except Deferred as e:
-            deferred = e  # batch mode: the other dimensions' requests join the same batch
+    for dim, out in zip(DIMENSIONS, outcomes):
+        if isinstance(out, Deferred):
+            deferred = out
             continue
+        entry, failure = out
         critique[dim] = entry
         if failure is not None:
             failures.append(failure)

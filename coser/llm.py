@@ -29,6 +29,7 @@ from .cache import Cache, cache_key
 from .config import LOCAL_MODEL, PLACEHOLDER_PREFIXES, Settings, is_local, load_settings
 from .endpoints import NO_KEY, Route, entry_route, key_setting, match_entry, redact_text, redact_url, resolve
 from .errors import ConfigError, LLMPermanentError, LLMUnavailable
+from .limits import Limit, calling
 from .pool import check_not_stopping
 from .tokens import count_tokens
 from .usage import Usage
@@ -82,7 +83,7 @@ class LLM:
             os.path.join(self.settings.cache_dir, "llm_cache.sqlite"))
         self.usage = usage or Usage(self.settings.prices)
         self._max_in_flight = max(1, max_in_flight)
-        self._slots = threading.BoundedSemaphore(self._max_in_flight)
+        self._slots = Limit(self._max_in_flight)   # all calls of this client, every endpoint
         self._clients: dict = {}
         self._ep_slots: dict = {}
         self._replica_load: dict[str, int] = {}
@@ -125,12 +126,14 @@ class LLM:
                 return out(served)
         check_not_stopping()   # after Ctrl-C no new call starts (coser/pool.py)
         self.usage.check_budget()
-        text, p_tok, c_tok = self._call_with_retry(model, msgs, max_tokens, temperature, nth_generation, schema,
-                                                   response_format, on_token, stage)
-        self.usage.record(model, stage, p_tok, c_tok)
-        # Empty replies are not stored (reference: a cached '' counts as a miss).
-        if self.use_cache and self.cache is not None and text != "":
-            self.cache.put(key, request, {"content": text, "prompt_tokens": p_tok, "completion_tokens": c_tok}, stage)
+        with calling():   # Ctrl-C's grace lasts until the reply is stored
+            text, p_tok, c_tok = self._call_with_retry(model, msgs, max_tokens, temperature, nth_generation, schema,
+                                                       response_format, on_token, stage)
+            self.usage.record(model, stage, p_tok, c_tok)
+            # Empty replies are not stored (reference: a cached '' counts as a miss).
+            if self.use_cache and self.cache is not None and text != "":
+                self.cache.put(key, request, {"content": text, "prompt_tokens": p_tok, "completion_tokens": c_tok},
+                               stage)
         return out(text)
 
     def chat_retry(self, model: str, messages, max_retry: int = 5, **kw) -> str:
@@ -216,11 +219,15 @@ class LLM:
         with self._client_lock:
             client = self._clients.get(ident)
             if client is None:
+                import httpx2
                 import openai
                 timeout = route.timeout or self.settings.timeout
-                # The SDK's default HTTP client (its limits, proxies from the environment) with the
-                # whole-request deadline under its connection pools (coser/deadline.py).
-                http_client = openai.DefaultHttpxClient(timeout=timeout)
+                # The SDK's default HTTP client (its proxies from the environment) with the whole-request
+                # deadline under its connection pools (coser/deadline.py). Its pool keeps only 100 idle
+                # connections: with more calls in flight, every call past them would reconnect.
+                keep = max(100, route.max_connections or 0, self._max_in_flight)
+                http_client = openai.DefaultHttpxClient(timeout=timeout, limits=httpx2.Limits(
+                    max_connections=None, max_keepalive_connections=keep))
                 deadline.install(http_client)
                 # The SDK's own retries are off: this class is the one retry layer.
                 client = openai.OpenAI(api_key=route.key_to_send(), base_url=url or None, timeout=timeout,
@@ -228,13 +235,14 @@ class LLM:
                 self._clients[ident] = client
             return client
 
-    def _endpoint_slots(self, route: Route) -> threading.BoundedSemaphore:
-        """At most max_connections requests in flight to one endpoint, across all threads."""
+    def _endpoint_slots(self, route: Route) -> Limit:
+        """At most max_connections requests in flight to one endpoint, across all threads; fewer while
+        it answers 429 (coser/limits.py: halved on overload, grows back with successes)."""
         key = route.identity or f"(top level){route.entry or ''}"
         with self._client_lock:
             sem = self._ep_slots.get(key)
             if sem is None:
-                sem = threading.BoundedSemaphore(route.max_connections or self._max_in_flight)
+                sem = Limit(route.max_connections or self._max_in_flight, adaptive=True)
                 self._ep_slots[key] = sem
             return sem
 
@@ -273,19 +281,24 @@ class LLM:
         for attempt in range(1, attempts + 1):
             try:
                 if route is None:
-                    with self._slots:
+                    with self._slots.slot():
                         return local_backend.complete(msgs, min(max_tokens, s.local_max_tokens), temperature,
                                                       seed=nth, n_ctx=s.local_n_ctx, schema=schema, on_token=on_token,
                                                       repeat_penalty=s.local_repeat_penalty)
                 # The endpoint's own bound first: a thread waiting for a busy server holds no global slot.
-                with self._endpoint_slots(route), self._slots:
+                with self._endpoint_slots(route).slot() as ep, self._slots.slot():
                     url = self._pick_replica(route, url)
                     failed = True
                     try:
                         out = self._remote(route, url, msgs, max_tokens, temperature, schema, response_format,
                                            on_token)
                         failed = False
+                        ep.ok()
                         return out
+                    except _Transient as e:
+                        if e.status == 429:
+                            ep.overloaded()   # fewer requests to this endpoint until it recovers
+                        raise
                     except LLMPermanentError:
                         failed = False
                         raise
@@ -351,7 +364,7 @@ class LLM:
         for attempt in range(1, attempts + 1):
             self.usage.check_budget()
             try:
-                with self._endpoint_slots(route), self._slots:
+                with self._endpoint_slots(route).slot(), self._slots.slot():
                     url = self._pick_replica(route, url)
                     failed = True
                     try:
@@ -448,7 +461,7 @@ class LLM:
                     self._no_schema.add(schema_key)
                 return self._remote(route, url, msgs, max_tokens, temperature, None, None, on_token)
             if status == 429 or status >= 500 or status == 408:
-                raise _Transient(f"HTTP {status}", _retry_after(e)) from None
+                raise _Transient(f"HTTP {status}", _retry_after(e), status) from None
             if status in (401, 403):
                 raise LLMPermanentError(
                     f"{where}: authentication failed (HTTP {status}); check "
@@ -486,9 +499,9 @@ class LLM:
 
 
 class _Transient(Exception):
-    def __init__(self, msg: str, retry_after: float | None = None):
+    def __init__(self, msg: str, retry_after: float | None = None, status: int | None = None):
         super().__init__(msg)
-        self.retry_after = retry_after
+        self.retry_after, self.status = retry_after, status
 
 
 def _send(client, kwargs: dict, msgs: list[dict], on_token):

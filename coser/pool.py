@@ -1,17 +1,36 @@
-"""Bounded concurrency with results in input order and a progress bar."""
+"""Bounded concurrency with results in input order and a progress bar.
+
+Tasks hold a thread while they wait, so a pool may run more tasks than there are LLM slots: the
+number of calls in flight is bounded where the calls are made (coser/limits.py, used by coser/llm.py),
+never by how many tasks happen to be waiting. A task that needs a few independent calls at once
+(the four judge dimensions of a sample) uses fan_out, which runs them on short-lived threads of
+their own, so a task waiting on its sub-tasks can never starve a bounded pool (no deadlock).
+"""
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
 import os
+import queue
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Iterable
 
 from .errors import BudgetExceeded, Interrupted
 
 GRACE_SECONDS = 3.0   # after Ctrl-C, how long calls already on the wire may finish (and be cached)
+TASKS_PER_WORKER = 4  # tasks kept running per LLM slot: a task spends much of its life between calls
+
+
+def task_threads(num_workers: int, n_tasks: int | None = None) -> int:
+    """Threads for tasks that wait on LLM calls bounded elsewhere (1: everything runs serially)."""
+    if num_workers <= 1:
+        return 1
+    n = TASKS_PER_WORKER * num_workers
+    # At least 2 even for one task: it then runs off the main thread, whose Ctrl-C lets its call finish.
+    return max(2, min(n, n_tasks)) if n_tasks is not None else n
 
 
 def _bar(total: int, desc: str | None):
@@ -25,6 +44,20 @@ def _bar(total: int, desc: str | None):
 
 _interrupted = False
 _stopping = threading.Event()
+_on_stop: list[Callable[[], None]] = []   # wake-ups for threads parked on a limit (coser/limits.py)
+
+
+_drains: list[Callable[[float], None]] = []   # wait(deadline) for calls on the wire (coser/limits.py)
+
+
+def on_stop(fn: Callable[[], None]) -> None:
+    """Call fn (from a helper thread) when the first Ctrl-C arrives."""
+    _on_stop.append(fn)
+
+
+def on_drain(fn: Callable[[float], None]) -> None:
+    """After Ctrl-C, fn(deadline) waits (until time.monotonic() reaches deadline) for calls still on the wire."""
+    _drains.append(fn)
 
 
 def check_not_stopping() -> None:
@@ -43,6 +76,9 @@ def _on_sigint(signum, frame) -> None:
             os._exit(130)
     _interrupted = True
     _stopping.set()
+    # Threads parked on a concurrency limit must see the stop now; the wake-up takes locks, which a
+    # signal handler must not, so it runs on its own thread.
+    threading.Thread(target=lambda: [fn() for fn in list(_on_stop)], daemon=True).start()
     raise KeyboardInterrupt
 
 
@@ -67,8 +103,11 @@ def _ctrl_c():
 
 
 def map_ordered(fn: Callable[[Any], Any], items: Iterable[Any], num_workers: int = 1, desc: str | None = None,
-                return_exceptions: bool = False) -> list:
+                return_exceptions: bool = False, on_result: Callable[[int, Any], None] | None = None) -> list:
     """Run fn over items with at most num_workers at once; results come back in input order.
+
+    on_result(i, result) runs in the calling thread as each item finishes (in completion order),
+    e.g. to write an output file as soon as all of its items are done.
 
     With return_exceptions, a failed item yields its exception in place of a result. On
     BudgetExceeded no new item is started, the ones in flight finish, and it is re-raised.
@@ -77,27 +116,17 @@ def map_ordered(fn: Callable[[Any], Any], items: Iterable[Any], num_workers: int
     abandoning whatever is still running.
     """
     with _ctrl_c():
-        return _map_ordered(fn, list(items), num_workers, desc, return_exceptions)
+        return _map_ordered(fn, list(items), num_workers, desc, return_exceptions, on_result)
 
 
-def _map_ordered(fn, items: list, num_workers: int, desc: str | None, return_exceptions: bool) -> list:
+def _map_ordered(fn, items: list, num_workers: int, desc: str | None, return_exceptions: bool,
+                 on_result=None) -> list:
     results: list = [None] * len(items)
     bar = _bar(len(items), desc)
     budget: BudgetExceeded | None = None
     try:
         if num_workers <= 1:
-            for i, item in enumerate(items):
-                try:
-                    results[i] = fn(item)
-                except BudgetExceeded:
-                    raise
-                except Exception as e:
-                    if not return_exceptions:
-                        raise
-                    results[i] = e
-                if bar:
-                    bar.update(1)
-            return results
+            return _serial(fn, items, results, bar, return_exceptions, on_result)
         ex = cf.ThreadPoolExecutor(max_workers=num_workers)
         try:
             pending: dict[cf.Future, int] = {}
@@ -121,6 +150,8 @@ def _map_ordered(fn, items: list, num_workers: int, desc: str | None, return_exc
                     i = pending.pop(fut)
                     try:
                         results[i] = fut.result()
+                        if on_result is not None:
+                            on_result(i, results[i])
                     except BudgetExceeded as e:
                         budget, stop = e, True
                     except Exception as e:
@@ -140,7 +171,10 @@ def _map_ordered(fn, items: list, num_workers: int, desc: str | None, return_exc
             # pay for them again. Items cut short are redone on rerun. A second Ctrl-C exits at once.
             for fut in pending:
                 fut.cancel()
+            deadline = time.monotonic() + GRACE_SECONDS
             cf.wait(pending, timeout=GRACE_SECONDS)
+            for drain in _drains:   # calls made outside these items (e.g. a shared LeafPool) too
+                drain(deadline)
             raise
         finally:
             # Normally nothing is pending here. On Ctrl-C (KeyboardInterrupt in this, the main thread)
@@ -153,3 +187,105 @@ def _map_ordered(fn, items: list, num_workers: int, desc: str | None, return_exc
     finally:
         if bar:
             bar.close()
+
+
+def _serial(fn, items: list, results: list, bar, return_exceptions: bool, on_result) -> list:
+    try:
+        for i, item in enumerate(items):
+            try:
+                results[i] = fn(item)
+            except BudgetExceeded:
+                raise
+            except Exception as e:
+                if not return_exceptions:
+                    raise
+                results[i] = e
+            if on_result is not None:
+                on_result(i, results[i])
+            if bar:
+                bar.update(1)
+        return results
+    except KeyboardInterrupt:
+        # The call this thread was making is abandoned; others (a shared LeafPool's) get the grace.
+        deadline = time.monotonic() + GRACE_SECONDS
+        for drain in _drains:
+            drain(deadline)
+        raise
+
+
+def fan_out(fns: list[Callable[[], Any]], parallel: bool = True) -> list:
+    """Run a few independent callables at once (the first in this thread), results in order.
+
+    Each extra callable gets a short-lived thread of its own, never a slot of a bounded pool, so a
+    pooled task waiting here cannot deadlock the pool. Every callable finishes before the first
+    exception (in order) is re-raised. Not parallel: one after another, as written.
+    """
+    if not parallel or len(fns) <= 1:
+        return [f() for f in fns]
+    out: list = [None] * len(fns)
+    errors: list = [None] * len(fns)
+
+    def run(i: int) -> None:
+        try:
+            out[i] = fns[i]()
+        except BaseException as e:  # noqa: BLE001 - handed back to the caller below
+            errors[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(1, len(fns))]
+    for t in threads:
+        t.start()
+    run(0)
+    for t in threads:
+        t.join()
+    for e in errors:
+        if e is not None:
+            raise e
+    return out
+
+
+class LeafPool:
+    """A shared pool for leaf tasks: independent calls that never wait on another task (assembly calls of
+    every book). Daemon threads, so a run that stops never waits for queued work at exit.
+
+    Callers may block on its futures from any other thread; since leaf tasks themselves never wait on
+    the pool, this cannot deadlock. size 1 or less: each task runs in the caller's thread as it is
+    submitted, and its exception propagates from submit().
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[[], Any]) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        if self.size <= 1:   # serial: a failure stops the caller at once, as in map_ordered
+            fut.set_result(fn())
+            return fut
+        with self._lock:
+            if len(self._threads) < self.size:
+                t = threading.Thread(target=self._work, daemon=True, name="coser-leaf")
+                self._threads.append(t)
+                t.start()
+        self._queue.put((fut, fn))
+        return fut
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list:
+        """fn over items, results in input order; after all finish, the first exception is re-raised."""
+        futs = [self.submit(lambda x=x: fn(x)) for x in items]
+        cf.wait(futs)
+        return [f.result() for f in futs]
+
+    def _work(self) -> None:
+        while True:
+            fut, fn = self._queue.get()
+            if fut.set_running_or_notify_cancel():
+                _run_into(fut, fn)
+
+
+def _run_into(fut: cf.Future, fn: Callable[[], Any]) -> None:
+    try:
+        fut.set_result(fn())
+    except BaseException as e:  # noqa: BLE001 - the caller sees it through the future
+        fut.set_exception(e)

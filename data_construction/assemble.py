@@ -6,6 +6,7 @@ independent calls (one per conversation, one per character) run in parallel.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import copy
 import hashlib
 import json
@@ -16,7 +17,7 @@ from coser import batch
 from coser.config import is_local
 from coser.io import atomic_write_json
 from coser.jsonio import JsonFailure, get_json
-from coser.pool import map_ordered
+from coser.pool import LeafPool
 
 from .extract import find_best_match_passage
 from .prompts import ENHANCE_PROMPT, NAMES_PROMPT, PROFILE_MARKER, PROFILE_PROMPT
@@ -97,12 +98,17 @@ class Checkpoint:
 
 
 # ---- step 2: scenario / motivation enhancement -----------------------------------------
-def enhance_conversation(llm, model: str, title: str, plot: dict, conv: dict):
+def enhance_request(title: str, plot: dict, conv: dict) -> tuple[str, list[str]]:
+    """(prompt, the conversation's key character names) of one enhancement call."""
     names = [n for n in (_kc_name(kc) for kc in conv.get("key_characters") or []) if n is not None]
     obj = {"plot_summary": plot.get("summary"), "character_information": plot.get("key_characters"),
            **_public(conv)}
-    prompt = ENHANCE_PROMPT.substitute(title=title, names=repr(names),
-                                       input=json.dumps(obj, ensure_ascii=False, indent=2))
+    return ENHANCE_PROMPT.substitute(title=title, names=repr(names),
+                                     input=json.dumps(obj, ensure_ascii=False, indent=2)), names
+
+
+def enhance_conversation(llm, model: str, title: str, plot: dict, conv: dict, request=None):
+    prompt, names = request or enhance_request(title, plot, conv)
 
     def validate(v):
         if not isinstance(v, dict) or "scenario" not in v or not isinstance(v.get("key_characters"), list):
@@ -262,8 +268,13 @@ def final_path(out_dir: str, title: str) -> str:
 
 
 def assemble_book(llm, title: str, extracted: dict, out_dir: str, model: str, candidate_model: str,
-                  num_workers: int = 1, protocol: str = "fixed") -> tuple[dict, dict]:
-    """Build final/{title}.json from the extracted data; returns (final, stats)."""
+                  num_workers: int = 1, protocol: str = "fixed", pool: LeafPool | None = None,
+                  early: "EarlyEnhance | None" = None) -> tuple[dict, dict]:
+    """Build final/{title}.json from the extracted data; returns (final, stats).
+
+    pool: the run's shared pool for independent calls (default: one of num_workers threads);
+    early: enhancement calls already started during extraction."""
+    pool = pool or LeafPool(num_workers)
     data = copy.deepcopy(extracted)
     fp = hashlib.sha256(json.dumps([data, model, candidate_model], sort_keys=True,
                                    ensure_ascii=False).encode()).hexdigest()
@@ -278,36 +289,48 @@ def assemble_book(llm, title: str, extracted: dict, out_dir: str, model: str, ca
 
     jobs = []
     for i_p, plot in enumerate(plots):
-        if isinstance(plot.get("conversation"), dict):
-            plot["conversation"] = [plot["conversation"]]
-        if plot.get("conversation") is None:
-            plot["conversation"] = []   # reference skipped these, then crashed iterating them
-        plot["conversation"] = [c for c in plot["conversation"] if isinstance(c, dict)]
-        for i_c, conv in enumerate(plot["conversation"]):
+        for i_c, conv in enumerate(conversations(plot)):
             jobs.append((f"{i_p}:{i_c}", plot, conv))
+    requests = {key: enhance_request(title, plot, conv) for key, plot, conv in jobs if key not in ck.data["enhance"]}
+    names = collect_names(plots)  # after the prompts are built: it renames key characters in place
 
-    def enhance(job):
-        key, plot, conv = job
-        if key not in ck.data["enhance"]:
-            ck.put("enhance", key, enhance_conversation(llm, model, title, plot, conv))
-        return ck.data["enhance"][key]
+    # Every enhancement and the name normalization are independent calls: all go out together (through
+    # the shared pool), each checkpointed as it arrives; some may have started during extraction.
+    def enhance(key, plot, conv):
+        ck.put("enhance", key, enhance_conversation(llm, model, title, plot, conv, requests[key]))
 
-    # Batch mode: jobs whose calls wait in a batch are pending; the book goes on once all are answered.
-    enhanced = batch.check(map_ordered(batch.deferrable(enhance), jobs, num_workers, desc=f"{title[:20]}: enhance"))
-    for (key, _, conv), result in zip(jobs, enhanced):
+    def normalize_names():
+        # No names at all (every plot filtered out): nothing to normalize, so no call.
+        reply = ask_names(llm, model, candidate_model, names, language) if names else \
+            {"named_characters": [], "to_official_name": {}}
+        ck.put("names", None, {"reply": reply})
+
+    # Batch mode: a call waiting in a batch leaves its job pending; the book goes on once all are answered.
+    started, pending = [], []   # started: during extraction (EarlyEnhance)
+    for key, plot, conv in jobs:
+        if key in requests:
+            fut = early.take(requests[key][0]) if early is not None else None
+            if fut is not None:
+                started.append((key, fut))
+            else:
+                pending.append(pool.submit(lambda k=key, p=plot, c=conv: batch.deferrable(
+                    lambda _: enhance(k, p, c))(None)))
+    if ck.data["names"] is None:
+        pending.append(pool.submit(lambda: batch.deferrable(lambda _: normalize_names())(None)))
+    by_future = {fut: key for key, fut in started}
+    for fut in cf.as_completed(by_future):
+        ck.put("enhance", by_future[fut], fut.result())
+    cf.wait(pending)   # every call of this pass has been made (or deferred) before anything is raised
+    batch.check([fut.result() for fut in pending])
+
+    for key, _, conv in jobs:
+        result = ck.data["enhance"][key]
         if result is None:
             stats["enhance_failed"] += 1
         else:
             apply_enhancement(conv, result)
 
     split_index = int(len(plots) * SPLIT_RATIO)
-
-    names = collect_names(plots)
-    if ck.data["names"] is None:
-        # No names at all (every plot filtered out): nothing to normalize, so no call.
-        reply = ask_names(llm, model, candidate_model, names, language) if names else \
-            {"named_characters": [], "to_official_name": {}}
-        ck.put("names", None, {"reply": reply})
     reply = ck.data["names"]["reply"]
     if reply is None:
         stats["names_failed"] = 1
@@ -345,8 +368,7 @@ def assemble_book(llm, title: str, extracted: dict, out_dir: str, model: str, ca
             ck.put("profiles", name, text)
         return ck.data["profiles"][name]
 
-    profiles = batch.check(map_ordered(batch.deferrable(profile), official, num_workers,
-                                       desc=f"{title[:20]}: profiles"))
+    profiles = batch.check(pool.map(batch.deferrable(profile), official))
     for name, text in zip(official, profiles):
         d = datasets[name]
         for i_p, obj in d["plots"]:
@@ -374,3 +396,48 @@ def _names_ok(plot: dict) -> bool:
         return False
     names = [kc["name"] for kc in kcs]
     return len(names) == len(set(map(str, names)))
+
+
+def conversations(plot: dict) -> list[dict]:
+    """The plot's conversations as a list of objects (in place): the reference skipped a missing list,
+    then crashed iterating it; a single object becomes a list of one."""
+    if isinstance(plot.get("conversation"), dict):
+        plot["conversation"] = [plot["conversation"]]
+    if plot.get("conversation") is None:
+        plot["conversation"] = []
+    plot["conversation"] = [c for c in plot["conversation"] if isinstance(c, dict)]
+    return plot["conversation"]
+
+
+class EarlyEnhance:
+    """Enhancement calls started while the book is still being extracted.
+
+    The chunk-by-chunk extraction is a book's critical path. A plot that extraction has finished is
+    never changed again in anything its enhancement prompt shows, so its conversations are enhanced
+    while later chunks are extracted; assemble_book takes each result by its prompt (a prompt that
+    came out different is simply asked again). The replies are kept across a kill by the response
+    cache, so this runs only with the cache on.
+    """
+
+    def __init__(self, llm, model: str, title: str, pool: LeafPool):
+        self.llm, self.model, self.title, self.pool = llm, model, title, pool
+        self._futures: dict[str, cf.Future] = {}
+        self._lock = threading.Lock()
+
+    def plots_finished(self, plots: list[dict]) -> None:
+        """Start the enhancement of these finished plots' conversations (extraction calls this)."""
+        for plot in copy.deepcopy(plots):
+            if not _names_ok(plot):
+                continue   # assembly drops this plot: no call
+            for conv in conversations(plot):
+                request = enhance_request(self.title, plot, conv)
+                with self._lock:
+                    if request[0] in self._futures:
+                        continue
+                    self._futures[request[0]] = self.pool.submit(
+                        lambda p=plot, c=conv, r=request: enhance_conversation(self.llm, self.model, self.title,
+                                                                              p, c, r))
+
+    def take(self, prompt: str) -> cf.Future | None:
+        with self._lock:
+            return self._futures.pop(prompt, None)

@@ -493,14 +493,20 @@ REPAIR_TRUNCATED_PROMPT = ("The JSON text below was cut off before its end. Comp
 
 
 def extract_book(llm, book: dict, chunks: list[str], out_dir: str, model: str, on_chunk=None,
-                 protocol: str = "fixed") -> dict:
-    """Run (or resume) extraction for one book; writes extracted/{title}.json and returns it."""
+                 protocol: str = "fixed", on_plots=None) -> dict:
+    """Run (or resume) extraction for one book; writes extracted/{title}.json and returns it.
+
+    on_plots(plots) is called with plots as they are finished (never changed again but for i_chunk),
+    so their assembly calls can start early."""
     title, author = book["title"], book["author"]
     fp = _fingerprint(chunks, model + ("" if protocol == "fixed" else f"|protocol={protocol}"), title, author)
     ppath = progress_path(out_dir, title)
     state = _load_state(ppath, fp)
     bar = _chunk_bar(len(chunks), state["next_chunk"], title)
+    if on_plots and state["plots"]:
+        on_plots(state["plots"])
     for i in range(state["next_chunk"], len(chunks)):
+        n_finished = len(state["plots"])
         chunk_text = state["remaining_chunk"] + chunks[i]
         truncated = state["truncated_plots"]
         prompt = build_prompt(title, author, chunk_text, truncated)
@@ -549,6 +555,8 @@ def extract_book(llm, book: dict, chunks: list[str], out_dir: str, model: str, o
         state["remaining_chunk"] = remaining
         state["next_chunk"] = i + 1
         atomic_write_json(ppath, state, indent=None)
+        if on_plots and len(state["plots"]) > n_finished:
+            on_plots(state["plots"][n_finished:])
         if bar is not None:
             bar.update(1)
         if on_chunk:

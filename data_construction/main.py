@@ -23,7 +23,8 @@ from coser.errors import CoserError, InputError  # noqa: E402
 from coser.io import atomic_write_text, iter_jsonl, read_json, require  # noqa: E402
 
 from data_construction import chunking  # noqa: E402
-from data_construction.assemble import assemble_book, final_path  # noqa: E402
+from coser.pool import LeafPool, task_threads  # noqa: E402
+from data_construction.assemble import EarlyEnhance, assemble_book, final_path  # noqa: E402
 from data_construction.extract import build_prompt, extract_book, extracted_path  # noqa: E402
 
 # Dry-run cost guess: an extraction reply is JSON about half as long as its chunk (an
@@ -148,27 +149,35 @@ class BookCounter:
         self.llm.reject(model, messages, **kw)
 
 
-def process_book(llm, book: dict, args) -> dict:
+def process_book(llm, book: dict, args, pool=None) -> dict:
     t0 = time.time()
     counter = BookCounter(llm)
+    pool = pool or LeafPool(args.num_workers)
     title = book["title"]
     plan = chunking.chunk_book(book["content"], args.chunk_size, where=f"{args.input}: line {book['line']}")
     chunks = plan.chunks[: args.limit_chunks] if args.limit_chunks else plan.chunks
     xpath = extracted_path(args.output_dir, title)
+    extracted = None
     if os.path.exists(xpath) and not args.regenerate:
         extracted = read_json(xpath, "extracted file")
         done = extracted.get("n_chunks") if isinstance(extracted, dict) else None
         if isinstance(done, int) and done != len(chunks):
             cli.notice(f"{xpath} covers {done} chunks, this run plans {len(chunks)} "
                        "(e.g. an earlier --limit_chunks trial): kept as is; use --regenerate to redo it")
-    else:
-        extracted = extract_book(counter, book, chunks, args.output_dir, args.model, protocol=args.protocol)
     fpath = final_path(args.output_dir, title)
-    if os.path.exists(fpath) and not args.regenerate:
+    assemble = args.regenerate or not os.path.exists(fpath)
+    # Enhancement may start during extraction only when the cache keeps its replies across a kill.
+    # Not in batch mode: a pass must not end while early calls still run (they would then go online).
+    early = EarlyEnhance(counter, args.model, title, pool) \
+        if assemble and pool.size > 1 and llm.use_cache and not batch.enabled(args) else None
+    if extracted is None:
+        extracted = extract_book(counter, book, chunks, args.output_dir, args.model, protocol=args.protocol,
+                                 on_plots=early.plots_finished if early else None)
+    if not assemble:
         final, astats = read_json(fpath, "final file"), {}
     else:
         final, astats = assemble_book(counter, title, extracted, args.output_dir, args.model, args.candidate_model,
-                                      args.num_workers, protocol=args.protocol)
+                                      args.num_workers, protocol=args.protocol, pool=pool, early=early)
     convs = [c for p in final["plots"] for c in p.get("conversation") or []]
     ratios = [c["grounded_ratio"] for c in convs if isinstance(c.get("grounded_ratio"), (int, float))]
     return {
@@ -233,10 +242,15 @@ def main(argv=None) -> int:
                                         {"chunk_size": args.chunk_size, "limit_chunks": args.limit_chunks},
                                         {"path": args.input, "books": [b["title"] for b in books]},
                                         getattr(args, "protocol", "reference"))
+    # Every book at once; their independent assembly calls share one pool. The calls in flight are
+    # bounded in coser/llm.py (--num_workers, max_connections), not by how many books run.
+    pool = LeafPool(task_threads(args.num_workers))
+
     def run_books():
         # Batch mode: a book waiting for a batch is pending (its chunks and assembly calls are checkpointed).
-        return batch.check(map_ordered(batch.deferrable(lambda b: process_book(llm, b, args)), books,
-                                       args.num_workers, desc="books", return_exceptions=True))
+        return batch.check(map_ordered(batch.deferrable(lambda b: process_book(llm, b, args, pool)), books,
+                                       task_threads(args.num_workers, len(books)), desc="books",
+                                       return_exceptions=True))
 
     try:
         results = batch.run_stage(llm, run_books, batch.state_path(args.output_dir, "construction"), args,

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from coser import batch, cli  # noqa: E402
 from coser.errors import InputError  # noqa: E402
 from coser.io import atomic_write_json, read_json  # noqa: E402
-from coser.pool import map_ordered  # noqa: E402
+from coser.pool import fan_out, map_ordered, task_threads  # noqa: E402
 from coser import runspec as RS  # noqa: E402
 from gca_evaluation import judge as J  # noqa: E402
 from gca_evaluation.retrieval import MODES, Embedder, Retrievers  # noqa: E402
@@ -256,67 +256,176 @@ class TaggedLLM:
 
 
 # ---- stages -------------------------------------------------------------------------------
-def run_simulation(llm, args, items: list[dict], sim_path: str, nth_exp: int, spec: dict | None = None) -> list[dict]:
-    ck = Checkpoints(os.path.join(os.path.dirname(sim_path), ".partial", os.path.basename(sim_path)[:-5]))
-    retr = None
-    if args.retrieval:
-        embedder = Embedder(llm.settings) if llm.settings.embedding_model else None
-        retr = Retrievers(args.book_data, args.retrieval, embedder)
-    settings = {k: getattr(args, k) for k in ("actor_model", "env_model", "nsp_model", "continue_from",
-                                               "wo_thought", "retrieval", "use_motivation", "seed")}
-    settings["protocol"] = getattr(args, "protocol", "reference")   # checkpoints never mix protocols
+# A run is a set of output files: per repeat a simulation file, and per judge an evaluation file of
+# it. Each sample is one task that simulates its scene and then judges it at once (every judge and
+# dimension together), so judging overlaps the simulation of other samples and the repeats run side
+# by side; the calls in flight are bounded in coser/llm.py (--num_workers, and max_connections per
+# endpoint), not by the number of tasks. A file is written as soon as its last sample is done.
 
-    def one(pair):
-        i, item = pair
-        fp = _fingerprint(item, settings, nth_exp)
-        rec = ck.get(i, fp)
+
+class EvalJob:
+    """One evaluation file: reused as it is, or judged sample by sample (checkpointed)."""
+
+    def __init__(self, judge: str, path: str, spec: dict, evaluation: dict | None = None):
+        self.judge, self.path, self.spec, self.evaluation = judge, path, spec, evaluation
+        self.ck = Checkpoints(os.path.join(os.path.dirname(path), ".partial", os.path.basename(path)[:-5]))
+        self.cases: dict[int, dict] = {}
+        self.t0 = time.monotonic()
+
+
+class SimJob:
+    """One simulation file (reused records, or simulated sample by sample) and its evaluation files."""
+
+    def __init__(self, llm, args, path: str, spec: dict, nth_exp: int, items: list[dict] | None = None,
+                 records: list[dict] | None = None):
+        self.llm, self.args, self.path, self.spec, self.nth_exp = llm, args, path, spec, nth_exp
+        self.items, self.records = items, records
+        self.evals: list[EvalJob] = []
+        self.out: dict[int, dict] = {}
+        self.t0 = time.monotonic()
+        self.retr = None
+        if records is None:
+            self.ck = Checkpoints(os.path.join(os.path.dirname(path), ".partial", os.path.basename(path)[:-5]))
+            if args.retrieval:
+                embedder = Embedder(llm.settings) if llm.settings.embedding_model else None
+                self.retr = Retrievers(args.book_data, args.retrieval, embedder)
+            self.settings = {k: getattr(args, k) for k in ("actor_model", "env_model", "nsp_model", "continue_from",
+                                                           "wo_thought", "retrieval", "use_motivation", "seed")}
+            self.settings["protocol"] = getattr(args, "protocol", "reference")   # checkpoints never mix protocols
+
+    def __len__(self) -> int:
+        return len(self.records if self.records is not None else self.items)
+
+    def record(self, i: int) -> dict:
+        """Sample i's simulation record: reused, checkpointed, or simulated now."""
+        if self.records is not None:
+            return self.records[i]
+        item = self.items[i]
+        fp = _fingerprint(item, self.settings, self.nth_exp)
+        rec = self.ck.get(i, fp)
         if not isinstance(rec, dict) or rec.get("failed"):  # a failed sample is never final: asked again
-            rec = simulate(llm, item, args, sample_rng(args.seed, item), retr.for_item(item) if retr else None)
-            ck.put(i, fp, rec)
+            rec = simulate(self.llm, item, self.args, sample_rng(self.args.seed, item),
+                           self.retr.for_item(item) if self.retr else None)
+            self.ck.put(i, fp, rec)
         return rec
 
-    records = map_ordered(one, list(enumerate(items)), args.num_workers, desc="simulation")
-    if spec is not None:  # every record carries the run spec (the file stays the reference's list of records)
-        records = [{**r, "spec": spec} for r in records]
-    atomic_write_json(sim_path, records)
-    ck.clear()
-    return records
+    def write(self) -> list[dict]:
+        records = [self.out[i] for i in range(len(self))]
+        # every record carries the run spec (the file stays the reference's list of records)
+        records = [{**r, "spec": self.spec} for r in records]
+        atomic_write_json(self.path, records)
+        self.ck.clear()
+        return records
+
+
+def judge_record(llm, args, ev: EvalJob, i: int, rec: dict, log=None, parallel: bool = False) -> dict:
+    """Sample i's case in ev's evaluation: checkpointed, or judged now (dimensions at once if parallel)."""
+    rec = {k: v for k, v in rec.items() if k != "spec"}
+    fp = _fingerprint(rec, ev.judge, args.continue_from, getattr(args, "protocol", "reference"))
+    case = ev.ck.get(i, fp)
+    if not isinstance(case, dict) or case.get("failed"):
+        case = J.judge_case(llm, rec, ev.judge, args.continue_from, protocol=getattr(args, "protocol", "reference"),
+                            parallel=parallel)
+        if log is not None and isinstance(case, dict) and case.get("failed"):
+            log.warning("judge %s failed on %s: %s", ev.judge, item_key(rec["book_title"], rec["i_p"], rec["i_c"]),
+                        case.get("failures") or "unreadable reply")
+        ev.ck.put(i, fp, case)
+    return case
+
+
+def write_evaluation(args, ev: EvalJob, records: list[dict]) -> dict:
+    """The evaluation file from every sample's case, in input order."""
+    cases = {}
+    for i, rec in enumerate(records):
+        cases[item_key(rec["book_title"], rec["i_p"], rec["i_c"])] = ev.cases[i]
+    scores, _, _ = J.aggregate(cases)
+    # Beyond the reference's {scores, cases}: who judged, so runs under different judges never mix.
+    evaluation = {"scores": scores, "cases": cases, "judge_model": ev.judge,
+                  "protocol": getattr(args, "protocol", "reference")}
+    if ev.spec is not None:
+        evaluation.update(spec=ev.spec, spec_hash=RS.spec_hash(ev.spec))
+    atomic_write_json(ev.path, evaluation)
+    ev.ck.clear()
+    ev.evaluation = evaluation
+    return evaluation
+
+
+def run_jobs(jobs: list[SimJob], args, record, judge_inline: bool | None = None) -> list[tuple]:
+    """Produce every file of these jobs; returns (simulation path, judge, evaluation path, evaluation) per
+    evaluation, in job and judge order.
+
+    judge_inline=False simulates everything first and then judges file by file (run_judging): the
+    place for a judging step that must see all records at once (e.g. a batch API)."""
+    if judge_inline is None:
+        judge_inline = not batch.enabled(args)   # batch mode judges file by file, after the simulations
+    parallel = args.num_workers > 1
+    log = record.log if record is not None else None
+    tasks = [(job, i) for job in jobs for i in range(len(job))
+             if job.records is None or (judge_inline and any(ev.evaluation is None for ev in job.evals))]
+
+    def task(pair):
+        job, i = pair
+        rec = job.record(i)
+        todo = [ev for ev in job.evals if ev.evaluation is None] if judge_inline else []
+        cases = fan_out([lambda ev=ev: judge_record(job.llm, args, ev, i, rec, log, parallel) for ev in todo],
+                        parallel)
+        return rec, list(zip(todo, cases))
+
+    def done(k, result):
+        job, i = tasks[k]
+        rec, cases = result
+        job.out[i] = rec
+        if job.records is None and len(job.out) == len(job):
+            job.records = job.write()
+            record.add(job.spec, job.path, seconds=time.monotonic() - job.t0)
+        for ev, case in cases:
+            ev.cases[i] = case
+            if len(ev.cases) == len(job):
+                write_evaluation(args, ev, job.records)
+                record.add(ev.spec, ev.path, seconds=time.monotonic() - ev.t0)
+
+    map_ordered(task, tasks, task_threads(args.num_workers, len(tasks)), desc="samples", on_result=done)
+    results = []
+    for job in jobs:
+        for ev in job.evals:
+            if ev.evaluation is None:   # not judged inline
+                ev.evaluation = batch.run_stage(
+                    getattr(job.llm, "llm", job.llm),   # the client itself under a repeat's cache tag
+                    lambda: run_judging(job.llm, args, job.records, ev.path, ev.judge, ev.spec, log, ev),
+                    batch.state_path(args.exp_dir, os.path.basename(ev.path)[:-5]), args, f"judge {ev.judge}")
+                record.add(ev.spec, ev.path, seconds=time.monotonic() - ev.t0)
+            results.append((job.path, ev.judge, ev.path, ev.evaluation))
+    return results
+
+
+def run_simulation(llm, args, items: list[dict], sim_path: str, nth_exp: int, spec: dict | None = None) -> list[dict]:
+    """Simulate one file's samples (no judging)."""
+    job = SimJob(llm, args, sim_path, spec, nth_exp, items=items)
+
+    def one(i):
+        return job.record(i)
+
+    for i, rec in enumerate(map_ordered(one, range(len(items)), args.num_workers, desc="simulation")):
+        job.out[i] = rec
+    return job.write()
 
 
 def run_judging(llm, args, records: list[dict], eval_path: str, judge: str | None = None,
-                spec: dict | None = None, log=None) -> dict:
-    judge = judge or args.judge_model
-    ck = Checkpoints(os.path.join(os.path.dirname(eval_path), ".partial", os.path.basename(eval_path)[:-5]))
-    records = [{k: v for k, v in r.items() if k != "spec"} for r in records]
+                spec: dict | None = None, log=None, ev: EvalJob | None = None) -> dict:
+    """Judge one file's records, sample by sample (checkpointed), and write its evaluation file."""
+    ev = ev or EvalJob(judge or args.judge_model, eval_path, spec)
+    parallel = args.num_workers > 1
 
     def one(pair):
         i, rec = pair
-        fp = _fingerprint(rec, judge, args.continue_from, getattr(args, "protocol", "reference"))
-        case = ck.get(i, fp)
-        if not isinstance(case, dict) or case.get("failed"):
-            case = J.judge_case(llm, rec, judge, args.continue_from,
-                                protocol=getattr(args, "protocol", "reference"))
-            if log is not None and isinstance(case, dict) and case.get("failed"):
-                log.warning("judge %s failed on %s: %s", judge, item_key(rec["book_title"], rec["i_p"], rec["i_c"]),
-                            case.get("failures") or "unreadable reply")
-            ck.put(i, fp, case)
-        return case
+        return judge_record(llm, args, ev, i, rec, log, parallel)
 
     # Batch mode: a case whose judge calls wait in a batch is pending, and no file is written yet.
-    cases_list = batch.check(map_ordered(batch.deferrable(one), list(enumerate(records)), args.num_workers,
-                                         desc="judging"))
-    cases = {}
-    for rec, case in zip(records, cases_list):
-        cases[item_key(rec["book_title"], rec["i_p"], rec["i_c"])] = case
-    scores, _, _ = J.aggregate(cases)
-    # Beyond the reference's {scores, cases}: who judged, so runs under different judges never mix.
-    evaluation = {"scores": scores, "cases": cases, "judge_model": judge,
-                  "protocol": getattr(args, "protocol", "reference")}
-    if spec is not None:
-        evaluation.update(spec=spec, spec_hash=RS.spec_hash(spec))
-    atomic_write_json(eval_path, evaluation)
-    ck.clear()
-    return evaluation
+    cases = batch.check(map_ordered(batch.deferrable(one), list(enumerate(records)), args.num_workers,
+                                    desc="judging"))
+    for i, case in enumerate(cases):
+        ev.cases[i] = case
+    return write_evaluation(args, ev, records)
 
 
 def is_reference_default(spec: dict) -> bool:
@@ -363,9 +472,10 @@ def _redo_failed(path: str, what: str) -> bool:
     return failed > 0
 
 
-def judge_all(llm, run_llm, args, sim_path: str, records: list[dict], sim_spec: dict, wanted: list[str],
-              eval_base: str, judges: list[str], record) -> list[tuple]:
-    out = []
+def plan_judging(llm, args, job: SimJob, sim_spec: dict, wanted: list[str], eval_base: str, judges: list[str],
+                 record) -> None:
+    """Per judge, the evaluation file of job's simulation: reused when its spec matches, else to judge."""
+    sim_path = job.path
     for judge in judges:
         spec = evaluation_spec(llm, sim_spec, judge, args)
         default = is_reference_default(spec) and (sim_spec.get("source") == RS.REFERENCE_FILE
@@ -376,25 +486,20 @@ def judge_all(llm, run_llm, args, sim_path: str, records: list[dict], sim_spec: 
         if state == "reuse" and not (args.regenerate or args.reevaluate):
             print(f"reusing {path}", file=sys.stderr)
             record.log.info("reused %s (judge %s)", path, judge)
-            evaluation = read_json(path)
+            job.evals.append(EvalJob(judge, path, spec, read_json(path)))
             record.add(spec, path, reused=True)
         else:
             if state in ("reuse", "redo") and RS.file_spec(read_json(path)) is None:
                 path = RS.suffixed(eval_base, spec)  # never overwrite the reference's file
-            t0 = time.monotonic()
             spec["simulation_file"] = os.path.relpath(sim_path, args.exp_dir)  # relative to the exp folder
-            evaluation = batch.run_stage(
-                llm, lambda: run_judging(run_llm, args, records, path, judge=judge, spec=spec, log=record.log),
-                batch.state_path(args.exp_dir, os.path.basename(path)[:-5]), args, f"judge {judge}")
-            record.add(spec, path, seconds=time.monotonic() - t0)
+            job.evals.append(EvalJob(judge, path, spec))
         if path != eval_base:
             print(f"evaluation ({judge}): {path} (spec {RS.spec_hash(spec)})", file=sys.stderr)
-        out.append((sim_path, judge, path, evaluation))
-    return out
 
 
-def run_experiment(llm, args, items: list[dict], nth_exp: int, judges: list[str] | None = None,
-                   record=None) -> list[tuple]:
+def plan_experiment(llm, args, items: list[dict], nth_exp: int, judges: list[str] | None = None,
+                    record=None) -> SimJob:
+    """Repeat nth_exp's simulation file (reused when its spec matches, else to simulate) and its evaluations."""
     judges = judges or [args.judge_model]
     name = run_name(args.test_file, args.actor_model, args.retrieval, nth_exp)
     sim_base = os.path.join(args.exp_dir, "simulation", name + ".json")
@@ -422,18 +527,23 @@ def run_experiment(llm, args, items: list[dict], nth_exp: int, judges: list[str]
         if got is None:  # a file of the reference implementation: loaded, and marked as such
             sim_spec = dict(sim_spec, source=RS.REFERENCE_FILE, simulation_file=os.path.basename(sim_path))
         record.add(got or sim_spec, sim_path, reused=True)
+        job = SimJob(run_llm, args, sim_path, sim_spec, nth_exp, records=records)
     else:
         if state in ("reuse", "redo") and RS.file_spec((read_json(sim_path) or [{}])[0]) is None:
             sim_path = RS.suffixed(sim_base, sim_spec)  # never overwrite the reference's file
-        t0 = time.monotonic()
-        records = run_simulation(run_llm, args, items, sim_path, nth_exp, spec=sim_spec)
-        record.add(sim_spec, sim_path, seconds=time.monotonic() - t0)
+        job = SimJob(run_llm, args, sim_path, sim_spec, nth_exp, items=items)
     if sim_path != sim_base:
         print(f"simulation: {sim_path} (spec {RS.spec_hash(sim_spec)})", file=sys.stderr)
     eval_base = os.path.join(args.exp_dir, "evaluation", os.path.basename(sim_path))
     if sim_path != sim_base:  # a suffixed simulation: its evaluations start from the reference name
         eval_base = os.path.join(args.exp_dir, "evaluation", name + ".json")
-    return judge_all(llm, run_llm, args, sim_path, records, sim_spec, wanted, eval_base, judges, record)
+    plan_judging(llm, args, job, sim_spec, wanted, eval_base, judges, record)
+    return job
+
+
+def run_experiment(llm, args, items: list[dict], nth_exp: int, judges: list[str] | None = None,
+                   record=None) -> list[tuple]:
+    return run_jobs([plan_experiment(llm, args, items, nth_exp, judges, record)], args, record)
 
 
 def simulation_file_spec(path: str, records: list[dict]) -> dict:
@@ -475,7 +585,9 @@ def judge_simulation_file(llm, args, judges: list[str], record) -> list[tuple]:
     wanted = [item_key(r["book_title"], r["i_p"], r["i_c"]) for r in records]
     record.add(sim_spec, path, reused=True)
     eval_base = os.path.join(args.exp_dir, "evaluation", os.path.basename(path))
-    return judge_all(llm, llm, args, path, records, sim_spec, wanted, eval_base, judges, record)
+    job = SimJob(llm, args, path, sim_spec, 0, records=records)
+    plan_judging(llm, args, job, sim_spec, wanted, eval_base, judges, record)
+    return run_jobs([job], args, record)
 
 
 def agreement_table(results: list[tuple], judges: list[str]) -> str:
@@ -573,7 +685,8 @@ def main(argv=None) -> int:
             results = judge_simulation_file(llm, args, judges, record)
         else:
             ids = list(range(args.repeats)) if args.repeats else ([0, 1, 2] if args.nth_exp == -1 else [args.nth_exp])
-            results = [r for n in ids for r in run_experiment(llm, args, items, n, judges, record)]
+            # Every repeat at once: their samples are independent tasks of one run.
+            results = run_jobs([plan_experiment(llm, args, items, n, judges, record) for n in ids], args, record)
         for j in judges:
             mine = [(p, ev) for _, judge, p, ev in results if judge == j]
             print(J.summary(mine, j, llm.usage if j == judges[-1] and len(judges) == 1 else None))
