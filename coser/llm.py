@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from .usage import Usage
 
 _REASONING = re.compile(r"<(think|thinking|reasoning)>.*?</\1>\s*", re.DOTALL | re.IGNORECASE)
 REPLICA_COOLDOWN = 30.0  # seconds a failing replica stays out of rotation
+POOL_SHARE = 16          # calls in flight per HTTP connection pool (see LLM._remote_client)
 _DANGLING_CLOSE = re.compile(r"^.*?</(think|thinking|reasoning)>\s*", re.DOTALL | re.IGNORECASE)
 
 
@@ -217,23 +219,30 @@ class LLM:
         # Clients are per (URL, key): a key is only ever sent to the URL it is configured with.
         ident = (url, hashlib.sha256(route.key_to_send().encode()).hexdigest(), route.timeout)
         with self._client_lock:
-            client = self._clients.get(ident)
-            if client is None:
-                import httpx2
-                import openai
-                timeout = route.timeout or self.settings.timeout
-                # The SDK's default HTTP client (its proxies from the environment) with the whole-request
-                # deadline under its connection pools (coser/deadline.py). Its pool keeps only 100 idle
-                # connections: with more calls in flight, every call past them would reconnect.
-                keep = max(100, route.max_connections or 0, self._max_in_flight)
-                http_client = openai.DefaultHttpxClient(timeout=timeout, limits=httpx2.Limits(
-                    max_connections=None, max_keepalive_connections=keep))
-                deadline.install(http_client)
-                # The SDK's own retries are off: this class is the one retry layer.
-                client = openai.OpenAI(api_key=route.key_to_send(), base_url=url or None, timeout=timeout,
-                                       max_retries=0, http_client=http_client)
-                self._clients[ident] = client
-            return client
+            clients = self._clients.get(ident)
+            if clients is None:
+                # One HTTP connection pool serializes its bookkeeping under one lock and scans all its
+                # connections per request: with hundreds of calls in flight that lock, not the network,
+                # was the client's main cost. So an endpoint gets a pool per POOL_SHARE calls in flight,
+                # each thread keeping to one of them.
+                n = max(1, -(-max(route.max_connections or 0, self._max_in_flight) // POOL_SHARE))
+                clients = [self._new_client(route, url) for _ in range(n)]
+                self._clients[ident] = clients
+        return clients[_thread_shard() % len(clients)]
+
+    def _new_client(self, route: Route, url: str):
+        import httpx2
+        import openai
+        timeout = route.timeout or self.settings.timeout
+        # The SDK's default HTTP client (its proxies from the environment) with the whole-request
+        # deadline under its connection pools (coser/deadline.py). Idle connections are kept for all
+        # the calls a pool may carry (the SDK's default of 100 would reconnect past that).
+        http_client = openai.DefaultHttpxClient(timeout=timeout, limits=httpx2.Limits(
+            max_connections=None, max_keepalive_connections=2 * POOL_SHARE))
+        deadline.install(http_client)
+        # The SDK's own retries are off: this class is the one retry layer.
+        return openai.OpenAI(api_key=route.key_to_send(), base_url=url or None, timeout=timeout,
+                             max_retries=0, http_client=http_client)
 
     def _endpoint_slots(self, route: Route) -> Limit:
         """At most max_connections requests in flight to one endpoint, across all threads; fewer while
@@ -498,6 +507,18 @@ class LLM:
         return redact_text(text)
 
 
+_shards = threading.local()
+_next_shard = itertools.count()
+
+
+def _thread_shard() -> int:
+    """A number fixed per thread, handed out in turn, so threads spread evenly over connection pools."""
+    n = getattr(_shards, "n", None)
+    if n is None:
+        n = _shards.n = next(_next_shard)
+    return n
+
+
 class _Transient(Exception):
     def __init__(self, msg: str, retry_after: float | None = None, status: int | None = None):
         super().__init__(msg)
@@ -510,16 +531,19 @@ def _send(client, kwargs: dict, msgs: list[dict], on_token):
         # The body is plain JSON already. The SDK's typed `create` first walks every message
         # against its TypedDicts (~5 ms of pure Python per call on a long scene history, under
         # the GIL), which made many-worker runs CPU-bound; its documented low-level `post`
-        # sends the same body with the same auth, timeout and error types.
-        from openai.types.chat import ChatCompletion
-        resp = client.post("/chat/completions", body=kwargs, cast_to=ChatCompletion)
-        if not getattr(resp, "choices", None):
+        # sends the same body with the same auth, timeout and error types. The reply is read as
+        # plain JSON too: building the SDK's typed objects was a tenth of the client's CPU.
+        import httpx2
+        reply = json.loads(client.post("/chat/completions", body=kwargs, cast_to=httpx2.Response).content)
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        if not choices:
             raise _Transient("reply without choices")
-        text = resp.choices[0].message.content or ""
-        u = getattr(resp, "usage", None)
-        p = getattr(u, "prompt_tokens", None) if u else None
-        c = getattr(u, "completion_tokens", None) if u else None
-        return text, p if p is not None else _estimate(msgs), c if c is not None else count_tokens(text)
+        text = (choices[0].get("message") or {}).get("content") or ""
+        if not isinstance(text, str):
+            raise _Transient("reply content is not text")
+        u = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
+        p, c = u.get("prompt_tokens"), u.get("completion_tokens")
+        return text, p if isinstance(p, int) else _estimate(msgs), c if isinstance(c, int) else count_tokens(text)
     text = _read_stream(client.chat.completions.create(stream=True, **kwargs), on_token)
     return text, _estimate(msgs), count_tokens(text)
 
