@@ -1,70 +1,74 @@
-"""Assembly throughput: one book's enhancement, names and profile calls with 1 vs 16 workers.
+"""Construction of two books against its bound: Othello and King Lear, 2048-token chunks, 1 s per call.
 
-    python bench/construct_throughput.py [--latency 0.2] [--plots 20] [--workers 1 16]
+    python bench/construct_throughput.py [--books Othello "King Lear"] [--chunk_size 2048] [--latency 1.0] [--workers 16]
 
-Runs against the test suite's fake OpenAI-compatible server with a fixed per-request latency
-and no cache, so the wall time measures only how well independent calls overlap.
+Runs data_construction/main.py (in a subprocess, as a user would, cold cache) on books of the
+published books_example.jsonl against the test suite's scripted fake server. A book's chunks are a
+chain (each extraction carries the previous chunk's unfinished plot), and after its last chunk at
+least one enhancement and then its profiles must still run, so no schedule can beat
+
+    bound = max(max over books of (extraction calls + 2) x latency, all calls x latency / --workers)
+
+The script prints wall / bound from this one run; process start-up is inside the wall time.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from coser.config import Settings  # noqa: E402
-from coser.llm import LLM  # noqa: E402
-from data_construction.assemble import assemble_book  # noqa: E402
-from tests import construction_script  # noqa: E402
+from tests import construction_script as S  # noqa: E402
 from tests.fakeserver import FakeServer  # noqa: E402
 
-
-def synthetic_book(n_plots: int, convs_per_plot: int = 2) -> dict:
-    cast = ["Iago", "Roderigo", "Othello", "Desdemona", "Michael Cassio", "Emilia", "Brabantio"]
-    plots = []
-    for i in range(n_plots):
-        names = [cast[i % len(cast)], cast[(i + 1) % len(cast)]]
-        convs = [{"scenario": f"scene {i}.{c}", "topic": "t",
-                  "key_characters": [{"name": n, "motivation": "m"} for n in names],
-                  "dialogues": [{"character": names[u % 2], "message": f"[thinks] line {u}"} for u in range(10)]}
-                 for c in range(convs_per_plot)]
-        plots.append({"text": f"text {i}", "summary": f"summary {i}", "prominence": 50,
-                      "key_characters": [{"name": n, "description": "d", "experience": "e"} for n in names],
-                      "chapter": "I", "conversation": convs, "state": "finished", "i_chunk": i})
-    return {"chapter_beginnings": [], "plots": plots, "fail_to_parse_responses": []}
+BOOKS = os.path.join(ROOT, "..", "shared", "coser-data", "src", "books_example.jsonl")
 
 
-def run(server: FakeServer, book: dict, workers: int, out_dir: str) -> tuple[float, int]:
-    settings = Settings(api_key="sk-bench", base_url=server.base_url, retry_base=0.01, timeout=30,
-                        cache_dir=os.path.join(out_dir, ".cache"))
-    llm = LLM(settings, cache=None, max_in_flight=workers, use_cache=False)
-    server.reset()
-    t0 = time.perf_counter()
-    assemble_book(llm, f"Bench {workers}", book, out_dir, "gpt-4o", "gpt-4o", num_workers=workers)
-    return time.perf_counter() - t0, len(server.chat_requests())
+def book_of(body: dict, titles: list[str]) -> str:
+    text = body["messages"][-1]["content"]
+    return next((t for t in titles if f'"{t}"' in text or f"'{t}'" in text or t in text[:400]), "?")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--latency", type=float, default=0.2, help="seconds the fake server waits per request")
-    p.add_argument("--plots", type=int, default=20, help="plots in the synthetic book (2 conversations each)")
-    p.add_argument("--workers", type=int, nargs=2, default=[1, 16], metavar=("FEW", "MANY"))
+    p.add_argument("--books", nargs="+", default=["Othello", "King Lear"])
+    p.add_argument("--chunk_size", type=int, default=2048)
+    p.add_argument("--latency", type=float, default=1.0, help="seconds the fake server waits per request")
+    p.add_argument("--workers", type=int, default=16, help="--num_workers: the calls in flight")
     args = p.parse_args(argv)
-    book = synthetic_book(args.plots)
-    with FakeServer(construction_script.respond, latency=args.latency) as server, \
-            tempfile.TemporaryDirectory() as tmp:
-        times = {}
-        for w in args.workers:
-            seconds, calls = run(server, book, w, os.path.join(tmp, str(w)))
-            times[w] = seconds
-            print(f"workers={w:<3} calls={calls:<4} wall={seconds:7.2f}s  max in flight={server.max_in_flight}")
-        few, many = args.workers
-        print(f"speed-up {few} -> {many} workers: {times[few] / times[many]:.1f}x "
-              f"(latency {args.latency}s per call)")
+    if not os.path.exists(BOOKS):
+        raise SystemExit(f"shared CoSER data not present: {os.path.normpath(BOOKS)}")
+    with FakeServer(S.respond, latency=args.latency) as server, tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, OPENAI_BASE_URL=server.base_url, OPENAI_API_KEY="sk-bench", PYTHONPATH=ROOT)
+        cmd = [sys.executable, os.path.join(ROOT, "data_construction", "main.py"), "--input", BOOKS,
+               "--books", *args.books, "--output_dir", os.path.join(tmp, "data"), "--model", "gpt-4o",
+               "--chunk_size", str(args.chunk_size), "--num_workers", str(args.workers),
+               "--cache_path", os.path.join(tmp, "cache.sqlite")]
+        t0 = time.perf_counter()
+        r = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise SystemExit(f"the run failed:\n{r.stderr[-3000:]}")
+        reqs = server.chat_requests()
+        peak = server.max_in_flight
+    chains = Counter(book_of(b, args.books) for b in reqs if S.kind(b) == "extract")
+    kinds = Counter(S.kind(b) for b in reqs)
+    chain = (max(chains.values()) + 2) * args.latency
+    work = len(reqs) * args.latency / args.workers
+    bound = max(chain, work)
+    print(f"books {', '.join(args.books)}; --chunk_size {args.chunk_size}; --num_workers {args.workers}; "
+          f"{len(reqs)} calls at {args.latency} s ({', '.join(f'{k} {n}' for k, n in sorted(kinds.items()))})")
+    print(f"extraction chain per book: {', '.join(f'{b} {n}' for b, n in chains.items())}")
+    print(f"chain bound ({max(chains.values())} + 2) x {args.latency} = {chain:.2f} s; "
+          f"calls x latency / workers = {work:.2f} s; bound {bound:.2f} s")
+    print(f"wall {wall:.2f} s (peak requests in flight {peak}); wall / bound = {wall / bound:.3f}")
     return 0
 
 

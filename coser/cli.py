@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import threading
 from typing import Callable
 
 from .cache import Cache
@@ -24,6 +25,9 @@ _notices: set[str] = set()
 def add_common_args(parser: argparse.ArgumentParser, workers: bool = True, workers_default: int = 1) -> None:
     global _parser
     _parser = parser
+    # The SDK takes ~2 s to import: started now, it loads while the script reads its inputs and plans,
+    # instead of holding up the first calls.
+    threading.Thread(target=_import_sdk, daemon=True).start()
     g = parser.add_argument_group("LLM client")
     g.add_argument("--config", default=None, metavar="PATH",
                    help="settings file (default: ./config.json); OPENAI_API_KEY / OPENAI_BASE_URL override it")
@@ -103,6 +107,13 @@ def setup(args: argparse.Namespace) -> LLM:
     set_llm(llm)
     args._started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return llm
+
+
+def _import_sdk() -> None:
+    try:
+        import openai  # noqa: F401
+    except ImportError:  # reported where a call needs it
+        pass
 
 
 def run_record(args: argparse.Namespace, llm: LLM, stage: str, extra: dict | None = None) -> dict:

@@ -90,7 +90,8 @@ class LLM:
         self._ep_slots: dict = {}
         self._replica_load: dict[str, int] = {}
         self._down_until: dict[str, float] = {}
-        self._client_lock = threading.Lock()
+        self._client_lock = threading.RLock()
+        self._tls = None
         self._no_schema: set[tuple] = set()
         self._jitter = random.Random()
         # Batch mode (coser/batch.py): while a stage runs under a batch session, a cache miss is
@@ -234,10 +235,13 @@ class LLM:
         import httpx2
         import openai
         timeout = route.timeout or self.settings.timeout
+        with self._client_lock:
+            if self._tls is None:   # ~0.1-0.3 s to load the CA bundle: once, shared by every pool
+                self._tls = httpx2.create_ssl_context()
         # The SDK's default HTTP client (its proxies from the environment) with the whole-request
         # deadline under its connection pools (coser/deadline.py). Idle connections are kept for all
         # the calls a pool may carry (the SDK's default of 100 would reconnect past that).
-        http_client = openai.DefaultHttpxClient(timeout=timeout, limits=httpx2.Limits(
+        http_client = openai.DefaultHttpxClient(timeout=timeout, verify=self._tls, limits=httpx2.Limits(
             max_connections=None, max_keepalive_connections=2 * POOL_SHARE))
         deadline.install(http_client)
         # The SDK's own retries are off: this class is the one retry layer.

@@ -1,6 +1,7 @@
 """Reference behaviours, one function per PROTOCOL.md rule."""
 from __future__ import annotations
 
+import collections
 import difflib
 import json
 import re
@@ -228,12 +229,32 @@ def anchor(sentence, chunk: str):
     """10.3: the chunk's own sentence best matching `sentence`, or None."""
     if sentence is None or sentence == "None":
         return None
-    best, best_score = None, -1.0
-    for piece in split_sentences(chunk):
+    # Same result as scoring every piece in order and keeping the first of the highest ratio (scoring
+    # every piece took ~0.6 s per reply). ratio() never exceeds 2 x min(lengths) / (both lengths), nor
+    # 2 x (characters in common) / (both lengths): pieces go from the highest length bound down, a
+    # piece that cannot reach the best score is skipped, and the scan stops once none can.
+    pieces = split_sentences(chunk)
+    if sentence in pieces:   # a ratio of 1 only for the same text: the first such piece wins
+        return sentence
+    n = len(sentence)
+    order = sorted(range(len(pieces)), key=lambda i: (-_bound(n, len(pieces[i]), min(n, len(pieces[i]))), i))
+    have = collections.Counter(sentence)
+    best_i, best_score = None, -1.0
+    for i in order:
+        piece = pieces[i]
+        if _bound(n, len(piece), min(n, len(piece))) < best_score:
+            break
+        if _bound(n, len(piece), sum((have & collections.Counter(piece)).values())) < best_score:
+            continue
         score = difflib.SequenceMatcher(None, sentence, piece).ratio()
-        if score > best_score:
-            best, best_score = piece, score
-    return best if best_score >= 0.6 else None
+        if score > best_score or (score == best_score and i < best_i):
+            best_i, best_score = i, score
+    return pieces[best_i] if best_i is not None and best_score >= 0.6 else None
+
+
+def _bound(la: int, lb: int, matches: int) -> float:
+    """difflib's ratio for this many matching characters (1.0 for two empty strings, as difflib)."""
+    return 2.0 * matches / (la + lb) if la + lb else 1.0
 
 
 PLOT_KEYS = ["chapter_title", "first_sentence", "last_sentence", "summary", "prominence", "key_characters",
