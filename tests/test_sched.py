@@ -26,7 +26,7 @@ class Timeline:
         with self.lock:
             self.live[label[0]] = self.live.get(label[0], 0) + 1
             peak = self.live[label[0]]
-        time.sleep(self.latency)
+        time.sleep(self.latency(label) if callable(self.latency) else self.latency)
         try:
             return self.respond(body)
         finally:
@@ -58,7 +58,8 @@ def test_judging_starts_while_other_samples_still_simulate(fake_server, llm_env,
             return gca_respond(dict(body, messages=body["messages"][:9]))   # never its own <END CHAT>
         return gca_respond(body)
 
-    timeline = Timeline(respond, gca_kind, latency=0.02)
+    # judge calls take long enough that "in flight together" does not hinge on thread timing
+    timeline = Timeline(respond, gca_kind, latency=lambda label: 0.5 if label[0] == "judge" else 0.02)
     fake_server.set_responder(timeline)
     test_file = write_gca_test_set(tmp_path / "t.json", n=4)
     args = [GCA, "--test_file", test_file, *GCA_ARGS, "--exp_dir", tmp_path / "exp"]
