@@ -158,9 +158,9 @@ def _controlling_tty():
 class Terminal:
     """chat.py on a pseudo-terminal: stdin/stdout/stderr are a tty, as for a person typing."""
 
-    def __init__(self, argv, env):
+    def __init__(self, argv, env, cwd=REPO):
         self.master, slave = pty.openpty()
-        self.proc = subprocess.Popen([sys.executable, os.path.join(REPO, CHAT), *map(str, argv)], cwd=REPO, env=env,
+        self.proc = subprocess.Popen([sys.executable, os.path.join(REPO, CHAT), *map(str, argv)], cwd=cwd, env=env,
                                      stdin=slave, stdout=slave, stderr=slave, close_fds=True,
                                      preexec_fn=_controlling_tty)
         os.close(slave)

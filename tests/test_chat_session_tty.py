@@ -1,6 +1,7 @@
 """chat.py driven in a real terminal (pty): --list/--search, the session commands, Ctrl-C mid-stream, --resume,
 cut streams. LLM replies come over real HTTP from the fake server."""
 import json
+import os
 import threading
 import time
 
@@ -31,7 +32,7 @@ def _close(term):
         term.proc.kill()
 
 
-def test_list_and_search_in_a_terminal(tty_env):
+def test_list_and_search_in_a_terminal(tty_env, tmp_path):
     final = shared_path("final")
     term = Terminal(["--list", "--book_data", final], tty_env)
     try:
@@ -43,7 +44,13 @@ def test_list_and_search_in_a_terminal(tty_env):
     # best first: within a book the character with the most utterances leads
     hp = screen[screen.index("Harry Potter and the Order of the Phoenix"):]
     assert hp.split("\n")[1].split()[:2] == ["Harry", "Potter"]
-    term = Terminal(["--list", "--search", "iag"], tty_env)  # default --book_data finds the published files
+    # With no data/final here, the default --book_data finds the published files beside the working folder. Run
+    # from a folder laid out like a checkout, so a data/final that `make demo` left in the repo is not found first.
+    work = tmp_path / "work"
+    work.mkdir()
+    (tmp_path / "shared" / "coser-data").mkdir(parents=True)
+    os.symlink(os.path.abspath(final), tmp_path / "shared" / "coser-data" / "final")
+    term = Terminal(["--list", "--search", "iag"], tty_env, cwd=str(work))
     try:
         term.expect("chat with one: python chat.py", timeout=SLOW)
         assert term.wait(SLOW) == 0
