@@ -153,7 +153,9 @@ def test_construction_killed_at_random_points_ends_identical(fake_server, llm_en
     rng = random.Random(kill_seed(20261128))
     points = sorted(rng.sample(range(1, total - 2), k))
     cache_dir = tmp_path / "cache-killed"
-    env = dict(llm_env, COSER_CACHE_DIR=str(cache_dir))
+    # A generous timeout: on a loaded machine a reply slower than the suite's 5 s would be retried, and that
+    # retry would look like a finished call sent twice.
+    env = dict(llm_env, COSER_CACHE_DIR=str(cache_dir), COSER_TIMEOUT="60")
     killer, snapshots = run_with_kills(cmd + ["--output_dir", str(tmp_path / "killed")], env, tmp_path, fake_server,
                                        S.respond, points, seed=kill_seed(7),
                                        cache_file=str(cache_dir / "llm_cache.sqlite"))
@@ -213,7 +215,9 @@ def test_gca_killed_at_random_points_ends_identical(fake_server, llm_env, tmp_pa
     rng = random.Random(kill_seed(1128))
     points = sorted(rng.sample(range(1, total - 2), k))
     cache_dir = tmp_path / "cache-killed"
-    env = dict(llm_env, COSER_CACHE_DIR=str(cache_dir))
+    # A generous timeout: on a loaded machine a reply slower than the suite's 5 s would be retried, and that
+    # retry would look like a finished call sent twice.
+    env = dict(llm_env, COSER_CACHE_DIR=str(cache_dir), COSER_TIMEOUT="60")
     killer, snapshots = run_with_kills(cmd + ["--exp_dir", str(tmp_path / "killed")], env, tmp_path, fake_server,
                                        gca_respond, points, seed=kill_seed(11),
                                        cache_file=str(cache_dir / "llm_cache.sqlite"))
