@@ -436,8 +436,7 @@ class LLM:
             kwargs["max_tokens"] = max_tokens
         if response_format is not None:
             kwargs["response_format"] = response_format
-        elif schema is not None and (route.identity or redact_url(url), model) not in self._no_schema \
-                and self._wants_schema(route):
+        elif schema is not None and _schema_key(route, url) not in self._no_schema and self._wants_schema(route):
             kwargs["response_format"] = {"type": "json_schema",
                                          "json_schema": {"name": "output", "schema": schema, "strict": False}}
         return kwargs
@@ -455,7 +454,7 @@ class LLM:
         where = f"model '{route.name}'" + (f" ({os.path.basename(route.source) or 'config.json'} "
                                             f"models[\"{route.entry}\"])" if route.entry else "") + \
             f" at {redact_url(url) or 'the default OpenAI endpoint'}"
-        schema_key = (route.identity or redact_url(url), model)
+        schema_key = _schema_key(route, url)
         kwargs = self._body(route, url, msgs, max_tokens, temperature, schema, response_format)
         total = route.timeout or self.settings.timeout
         due = time.monotonic() + total  # a timeout at or past this moment was the total deadline's
@@ -509,6 +508,11 @@ class LLM:
             if secret and len(secret) >= 6 and secret != NO_KEY:
                 text = text.replace(secret, "***")
         return redact_text(text)
+
+
+def _schema_key(route: Route, url: str) -> tuple:
+    """Which endpoint and model a refusal of JSON-schema output is remembered for."""
+    return (route.identity or redact_url(url), route.sent)
 
 
 _shards = threading.local()

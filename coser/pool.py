@@ -60,6 +60,12 @@ def on_drain(fn: Callable[[float], None]) -> None:
     _drains.append(fn)
 
 
+def _drain_calls(deadline: float) -> None:
+    """After Ctrl-C: wait, until deadline at the latest, for the calls still on the wire to be stored."""
+    for drain in _drains:
+        drain(deadline)
+
+
 def check_not_stopping() -> None:
     """Called before each new LLM call: after Ctrl-C nothing new starts (the run is stopping)."""
     if _stopping.is_set():
@@ -173,8 +179,7 @@ def _map_ordered(fn, items: list, num_workers: int, desc: str | None, return_exc
                 fut.cancel()
             deadline = time.monotonic() + GRACE_SECONDS
             cf.wait(pending, timeout=GRACE_SECONDS)
-            for drain in _drains:   # calls made outside these items (e.g. a shared LeafPool) too
-                drain(deadline)
+            _drain_calls(deadline)   # calls made outside these items (e.g. a shared LeafPool) too
             raise
         finally:
             # Normally nothing is pending here. On Ctrl-C (KeyboardInterrupt in this, the main thread)
@@ -207,9 +212,7 @@ def _serial(fn, items: list, results: list, bar, return_exceptions: bool, on_res
         return results
     except KeyboardInterrupt:
         # The call this thread was making is abandoned; others (a shared LeafPool's) get the grace.
-        deadline = time.monotonic() + GRACE_SECONDS
-        for drain in _drains:
-            drain(deadline)
+        _drain_calls(time.monotonic() + GRACE_SECONDS)
         raise
 
 

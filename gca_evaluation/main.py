@@ -398,18 +398,6 @@ def run_jobs(jobs: list[SimJob], args, record, judge_inline: bool | None = None)
     return results
 
 
-def run_simulation(llm, args, items: list[dict], sim_path: str, nth_exp: int, spec: dict | None = None) -> list[dict]:
-    """Simulate one file's samples (no judging)."""
-    job = SimJob(llm, args, sim_path, spec, nth_exp, items=items)
-
-    def one(i):
-        return job.record(i)
-
-    for i, rec in enumerate(map_ordered(one, range(len(items)), args.num_workers, desc="simulation")):
-        job.out[i] = rec
-    return job.write()
-
-
 def run_judging(llm, args, records: list[dict], eval_path: str, judge: str | None = None,
                 spec: dict | None = None, log=None, ev: EvalJob | None = None) -> dict:
     """Judge one file's records, sample by sample (checkpointed), and write its evaluation file."""
@@ -539,11 +527,6 @@ def plan_experiment(llm, args, items: list[dict], nth_exp: int, judges: list[str
         eval_base = os.path.join(args.exp_dir, "evaluation", name + ".json")
     plan_judging(llm, args, job, sim_spec, wanted, eval_base, judges, record)
     return job
-
-
-def run_experiment(llm, args, items: list[dict], nth_exp: int, judges: list[str] | None = None,
-                   record=None) -> list[tuple]:
-    return run_jobs([plan_experiment(llm, args, items, nth_exp, judges, record)], args, record)
 
 
 def simulation_file_spec(path: str, records: list[dict]) -> dict:
